@@ -1,0 +1,1 @@
+"""The services: gateway, registration, whatsapp, activation (each runs as `python -m services.<name>`)."""

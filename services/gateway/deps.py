@@ -1,0 +1,42 @@
+"""Gateway dependencies as `Annotated` aliases; the objects behind them are created in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.bus.broker import Broker
+from shared.config import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_broker(request: Request) -> Broker:
+    """The app's broker connection."""
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+    """The app's session factory."""
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    return maker
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A read session for one request."""
+    async with get_sessionmaker(request)() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionMakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]

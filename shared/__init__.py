@@ -1,0 +1,1 @@
+"""Code every service shares: settings, messages, broker, database, YClients client, tokens, probes."""

@@ -1,0 +1,1 @@
+"""RabbitMQ: topology, confirmed publisher, retrying consumer, outbox relay, replay."""

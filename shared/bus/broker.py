@@ -1,0 +1,151 @@
+"""The broker connection and the confirmed publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, DeliveryMode
+from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import PublishError as PikaPublishError
+
+from shared.bus.errors import PublishError
+from shared.bus.topology import EXCHANGE, declare_exchange
+from shared.messages import Message, encode
+
+log = logging.getLogger(__name__)
+
+_PUBLISH_FAILURES = (
+    asyncio.TimeoutError,
+    AMQPError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    DeliveryError,
+    PikaPublishError,
+    RuntimeError,
+)
+
+
+def amqp_message(msg: Message, *, headers: Mapping[str, Any] | None = None) -> aio_pika.Message:
+    """The AMQP message for an envelope: id, correlation, type and time mirrored in the properties."""
+    return aio_pika.Message(
+        body=encode(msg),
+        message_id=str(msg.id),
+        correlation_id=msg.correlation_id,
+        type=msg.type,
+        timestamp=msg.occurred_at,
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        headers=dict(headers or {}),
+    )
+
+
+class Broker:
+    """A robust connection plus one confirm-mode channel for publishing."""
+
+    def __init__(self, url: str, *, name: str, publish_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.name = name
+        self.publish_timeout_s = publish_timeout_s
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The open connection (after `connect`)."""
+        if self._connection is None:
+            raise RuntimeError("broker not connected")
+        return self._connection
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the connection and the publishing channel are open."""
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def connect(self, *, attempts: int | None = None) -> None:
+        """Connect, retrying with backoff (forever unless `attempts` is given)."""
+        delay = 0.5
+        tried = 0
+        while True:
+            tried += 1
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self.url, client_properties={"connection_name": self.name}, timeout=10
+                )
+                self._channel = await self.open_channel(publisher_confirms=True)
+                self._exchange = await declare_exchange(self._channel)
+                log.info("broker connected")
+                return
+            except (TimeoutError, AMQPError, aiormq.exceptions.AMQPError, OSError) as exc:
+                if attempts is not None and tried >= attempts:
+                    raise
+                log.warning("broker unreachable, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, 10.0)
+
+    async def open_channel(
+        self, *, publisher_confirms: bool = True, prefetch: int | None = None
+    ) -> AbstractRobustChannel:
+        """A new channel; `on_return_raises` so an unroutable publish is an error, not a silent drop."""
+        channel = await self.connection.channel(publisher_confirms=publisher_confirms, on_return_raises=True)
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def publish(self, msg: Message, *, headers: Mapping[str, Any] | None = None) -> None:
+        """Publish to the topic exchange and wait for the confirm (raises PublishError)."""
+        await self._publish(amqp_message(msg, headers=headers), msg.type, to_exchange=True)
+
+    async def publish_many(self, msgs: list[Message]) -> None:
+        """Publish several messages pipelined on one channel, each awaiting its own confirm."""
+        await asyncio.gather(*(self.publish(m) for m in msgs))
+
+    async def publish_raw(self, message: aio_pika.Message, *, routing_key: str, exchange: str = EXCHANGE) -> None:
+        """Publish a prepared AMQP message (retry, dead-letter, replay) and wait for the confirm."""
+        await self._publish(message, routing_key, to_exchange=exchange == EXCHANGE)
+
+    async def _publish(self, message: aio_pika.Message, routing_key: str, *, to_exchange: bool) -> None:
+        if not self.is_connected or self._channel is None or self._exchange is None:
+            raise PublishError("broker not connected")
+        target = self._exchange if to_exchange else self._channel.default_exchange
+        try:
+            await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self.publish_timeout_s)
+        except _PUBLISH_FAILURES as exc:
+            raise PublishError(f"publish of {routing_key} not confirmed: {exc!r}") from exc
+
+    async def queue_consumers(self, queue: str) -> int | None:
+        """How many consumers a queue has (None when it can't be asked)."""
+        if not self.is_connected:
+            return None
+        try:
+            channel = await self.connection.channel()
+            try:
+                declared = await channel.declare_queue(queue, passive=True, timeout=3)
+                return int(declared.declaration_result.consumer_count or 0)
+            finally:
+                await channel.close()
+        except (TimeoutError, AMQPError, aiormq.exceptions.AMQPError, OSError):
+            return None
+
+    async def close(self) -> None:
+        """Close the connection (channels and consumers with it)."""
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
+
+
+def now_iso() -> str:
+    """Current UTC time for headers."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

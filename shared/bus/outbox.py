@@ -1,0 +1,95 @@
+"""Publishing what a unit of work committed, and the relay that publishes what was left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+
+import aio_pika
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.bus.broker import Broker
+from shared.bus.errors import PublishError
+from shared.db.models import OutboxMessage
+from shared.db.uow import UnitOfWork, delete_outbox
+
+log = logging.getLogger(__name__)
+
+# A row younger than this is probably still being published by the process that wrote it.
+RELAY_GRACE = timedelta(seconds=5)
+
+
+async def publish_committed(uow: UnitOfWork, broker: Broker, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Publish the messages `uow` committed, then delete their outbox rows (the relay covers a crash between)."""
+    msgs = uow.take_committed()
+    if not msgs:
+        return
+    await broker.publish_many(msgs)
+    async with sessionmaker() as session:
+        await delete_outbox(session, [m.id for m in msgs])
+
+
+async def relay_once(
+    broker: Broker, sessionmaker: async_sessionmaker[AsyncSession], *, batch: int = 200, grace: timedelta = RELAY_GRACE
+) -> int:
+    """Publish outbox rows older than `grace`, each row claimed with SKIP LOCKED; returns how many were sent."""
+    async with sessionmaker() as session:
+        rows = (
+            (
+                await session.execute(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.created_at < func.now() - grace)
+                    .order_by(OutboxMessage.created_at)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            return 0
+        sent: list[uuid.UUID] = []
+
+        async def _send(row: OutboxMessage) -> None:
+            msg = aio_pika.Message(
+                body=row.body,
+                message_id=str(row.id),
+                type=row.routing_key,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            try:
+                await broker.publish_raw(msg, routing_key=row.routing_key)
+                sent.append(row.id)
+            except PublishError as exc:
+                log.warning("outbox publish failed", extra={"outbox_id": str(row.id), "error": str(exc)})
+
+        await asyncio.gather(*(_send(r) for r in rows))
+        failed = [r.id for r in rows if r.id not in set(sent)]
+        if failed:
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.id.in_(failed)).values(attempts=OutboxMessage.attempts + 1)
+            )
+        await delete_outbox(session, sent)
+        return len(sent)
+
+
+async def run_relay(
+    broker: Broker, sessionmaker: async_sessionmaker[AsyncSession], *, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Relay left-behind outbox rows until `stop` is set."""
+    while not stop.is_set():
+        try:
+            if broker.is_connected:
+                while await relay_once(broker, sessionmaker) > 0:
+                    pass
+        except Exception as exc:
+            log.warning("outbox relay pass failed", extra={"error": repr(exc)})
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass

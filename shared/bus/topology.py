@@ -1,0 +1,128 @@
+"""The broker topology, declared once here and idempotently by every service at start-up (DESIGN §3).
+
+Work queues are durable quorum queues with at-least-once dead-lettering; failed messages wait in one
+retry queue per delay step (all messages in a wait queue share its TTL, so expiry at the head is exact),
+then dead-letter straight back to their work queue through the default exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from shared import messages as m
+
+EXCHANGE = "marketplace"
+# Poison messages that crash a consumer before it can ack are parked after this many deliveries.
+DELIVERY_LIMIT = 10
+
+# Headers our consumer sets; RabbitMQ ignores client-set x-death, so we count attempts ourselves.
+H_ATTEMPT = "x-attempt"
+H_LAST_ERROR = "x-last-error"
+H_DEAD_REASON = "x-dead-reason"
+H_ORIGINAL_QUEUE = "x-original-queue"
+H_ROUTING_KEY = "x-routing-key"
+H_FIRST_FAILED_AT = "x-first-failed-at"
+H_DEAD_AT = "x-dead-at"
+
+
+@dataclass(frozen=True)
+class WorkQueue:
+    """A consuming service's queue, the routing keys bound to it, and its retry and dead queues."""
+
+    name: str
+    routing_keys: tuple[str, ...]
+
+    @property
+    def dead(self) -> str:
+        """The parking queue for messages that failed for good."""
+        return f"{self.name}.dead"
+
+    def retry(self, delay_ms: int) -> str:
+        """The wait queue for one delay step."""
+        return f"{self.name}.retry.{delay_ms}ms"
+
+
+REGISTRATION = WorkQueue("registration", (m.RegistrationRequested.ROUTING_KEY, m.EnrichmentRequested.ROUTING_KEY))
+WHATSAPP = WorkQueue(
+    "whatsapp", (m.RequestPairing.ROUTING_KEY, m.RequestPause.ROUTING_KEY, m.RequestLogout.ROUTING_KEY)
+)
+ACTIVATION = WorkQueue(
+    "activation",
+    (
+        m.WhatsAppConnected.ROUTING_KEY,
+        m.WhatsAppLoggedOut.ROUTING_KEY,
+        m.RequestActivation.ROUTING_KEY,
+        m.YClientsWebhookReceived.ROUTING_KEY,
+    ),
+)
+WORK_QUEUES: tuple[WorkQueue, ...] = (REGISTRATION, WHATSAPP, ACTIVATION)
+
+# What the onboarding page shows live; each gateway replica binds its own exclusive queue to these.
+LIVE_UPDATE_KEYS: tuple[str, ...] = (
+    m.RegistrationCompleted.ROUTING_KEY,
+    m.CompanyEnriched.ROUTING_KEY,
+    m.QrIssued.ROUTING_KEY,
+    m.PairingCodeIssued.ROUTING_KEY,
+    m.PairingExpired.ROUTING_KEY,
+    m.WhatsAppConnected.ROUTING_KEY,
+    m.WhatsAppDisconnected.ROUTING_KEY,
+    m.WhatsAppLoggedOut.ROUTING_KEY,
+    m.ActivationCompleted.ROUTING_KEY,
+    m.ActivationFailed.ROUTING_KEY,
+    m.IntegrationStatusChanged.ROUTING_KEY,
+)
+
+
+def work_queue_arguments(queue: WorkQueue) -> dict[str, aio_pika.abc.FieldValue]:
+    """Quorum queue with a delivery limit and at-least-once dead-lettering to `<queue>.dead`."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue.dead,
+        # Without reject-publish the broker silently falls back to at-most-once dead-lettering.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
+    """The one durable topic exchange every message is published to."""
+    return await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def declare_work_queue(channel: AbstractChannel, queue: WorkQueue, retry_delays_ms: list[int]) -> AbstractQueue:
+    """Declare a work queue with its bindings, retry wait queues and dead queue (idempotent)."""
+    exchange = await declare_exchange(channel)
+    await channel.declare_queue(queue.dead, durable=True, arguments={"x-queue-type": "quorum"})
+    for delay in retry_delays_ms:
+        await channel.declare_queue(
+            queue.retry(delay),
+            durable=True,
+            arguments={
+                "x-message-ttl": delay,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue.name,
+            },
+        )
+    work = await channel.declare_queue(queue.name, durable=True, arguments=work_queue_arguments(queue))
+    for key in queue.routing_keys:
+        await work.bind(exchange, routing_key=key)
+    return work
+
+
+async def declare_all(channel: AbstractChannel, retry_delays_ms: list[int]) -> None:
+    """Declare the whole topology (used by tools and tests that publish before any worker started)."""
+    for queue in WORK_QUEUES:
+        await declare_work_queue(channel, queue, retry_delays_ms)
+
+
+def queue_by_name(name: str) -> WorkQueue:
+    """The work queue called `name` (KeyError otherwise)."""
+    for queue in WORK_QUEUES:
+        if queue.name == name:
+            return queue
+    raise KeyError(name)

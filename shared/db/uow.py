@@ -1,0 +1,83 @@
+"""The unit of work: one transaction per message or request; rollback unless committed."""
+
+from __future__ import annotations
+
+import uuid
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db.models import OutboxMessage, ProcessedMessage
+from shared.messages import Message, encode
+
+
+class UnitOfWork:
+    """`async with uow: ...; await uow.commit()` — messages added with `emit` are committed with the state."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, producer: str) -> None:
+        self._sessionmaker = sessionmaker
+        self.producer = producer
+        self._session: AsyncSession | None = None
+        self.emitted: list[Message] = []
+        self.committed_messages: list[Message] = []
+
+    @property
+    def session(self) -> AsyncSession:
+        """The open session (only inside `async with`)."""
+        if self._session is None:
+            raise RuntimeError("unit of work used outside `async with`")
+        return self._session
+
+    async def __aenter__(self) -> Self:
+        self._session = self._sessionmaker()
+        self.emitted = []
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._session is not None
+        try:
+            await self._session.rollback()
+        finally:
+            await self._session.close()
+            self._session = None
+            self.emitted = []
+
+    async def commit(self) -> None:
+        """Commit the state and the emitted messages together."""
+        await self.session.commit()
+        self.committed_messages.extend(self.emitted)
+        self.emitted = []
+
+    def emit(self, msg: Message) -> None:
+        """Queue a follow-up message: written to the outbox in this transaction, published after commit."""
+        self.session.add(
+            OutboxMessage(id=msg.id, routing_key=msg.type, body=encode(msg), producer=self.producer, attempts=0)
+        )
+        self.emitted.append(msg)
+
+    async def claim_message(self, consumer: str, message_id: uuid.UUID) -> bool:
+        """Record that `consumer` applies `message_id`; False when it already did (a redelivery)."""
+        result = await self.session.execute(
+            insert(ProcessedMessage)
+            .values(consumer=consumer, message_id=message_id)
+            .on_conflict_do_nothing()
+            .returning(ProcessedMessage.message_id)
+        )
+        return result.first() is not None
+
+    def take_committed(self) -> list[Message]:
+        """Messages committed since the last call (the caller publishes, then deletes them from the outbox)."""
+        taken, self.committed_messages = self.committed_messages, []
+        return taken
+
+
+async def delete_outbox(session: AsyncSession, ids: list[uuid.UUID]) -> None:
+    """Remove published messages from the outbox."""
+    if ids:
+        await session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(ids)))
+        await session.commit()

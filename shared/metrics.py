@@ -1,0 +1,11 @@
+"""Prometheus metrics shared by every service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES = Counter("marketplace_messages_total", "Messages handled by a consumer", ["queue", "type", "outcome"])
+HANDLER_SECONDS = Histogram("marketplace_handler_seconds", "Time spent in a message handler", ["queue", "type"])
+PUBLISHED = Counter("marketplace_published_total", "Messages published with a confirm", ["routing_key"])
+HTTP_REQUESTS = Counter("marketplace_http_requests_total", "HTTP requests answered", ["route", "status"])
+YCLIENTS_CALLS = Counter("marketplace_yclients_calls_total", "Calls to YClients", ["endpoint", "status"])
