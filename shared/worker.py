@@ -23,6 +23,7 @@ from shared.health import Check, probes_app, standard_checks
 from shared.logging import setup_logging
 from shared.messages import Message
 from shared.runtime import http_server, run_until_signalled, serve_until
+from shared.yclients import YClientsClient
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ class WorkerContext:
     def uow(self) -> UnitOfWork:
         """A fresh unit of work whose emitted messages are produced by this worker."""
         return UnitOfWork(self.sessionmaker, producer=self.name)
+
+    def yclients(self) -> YClientsClient:
+        """A YClients client whose calls share the platform's rate limit with every other process."""
+        return YClientsClient(
+            self.http,
+            base_url=self.settings.YCLIENTS_API_URL,
+            partner_token=self.settings.YCLIENTS_PARTNER_TOKEN,
+            application_id=self.settings.YCLIENTS_APP_ID,
+            limiter=None,
+            timeout_s=self.settings.YCLIENTS_TIMEOUT_S,
+        )
 
     async def publish_committed(self, uow: UnitOfWork) -> None:
         """Publish what `uow` committed and clear it from the outbox."""

@@ -1,0 +1,1 @@
+"""Registration worker: `RegistrationRequested` → company upsert, audit event, enrichment from YClients."""

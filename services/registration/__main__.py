@@ -1,0 +1,61 @@
+"""`python -m services.registration` — the registration worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.registration.service import enrich_company, register_salons, request_missing_enrichment
+from shared.bus.consumer import Delivery
+from shared.bus.topology import REGISTRATION
+from shared.messages import EnrichmentRequested, Message, RegistrationRequested
+from shared.worker import WorkerContext, WorkerParts, worker_main
+
+log = logging.getLogger(__name__)
+NAME = "registration"
+# Profiles still missing this long after registration are requested again (their retries ran out).
+SWEEP_INTERVAL_S = 300.0
+SWEEP_AGE_S = 900
+
+
+async def setup(ctx: WorkerContext) -> WorkerParts:
+    """Wire the service functions to the registration queue."""
+    yclients = ctx.yclients()
+
+    async def on_registration(msg: Message, _: Delivery) -> None:
+        assert isinstance(msg, RegistrationRequested)
+        uow = ctx.uow()
+        await register_salons(msg, uow=uow)
+        await ctx.publish_committed(uow)
+
+    async def on_enrichment(msg: Message, _: Delivery) -> None:
+        assert isinstance(msg, EnrichmentRequested)
+        uow = ctx.uow()
+        await enrich_company(msg, uow=uow, yclients=yclients)
+        await ctx.publish_committed(uow)
+
+    async def sweep(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=SWEEP_INTERVAL_S)
+            except TimeoutError:
+                try:
+                    uow = ctx.uow()
+                    if await request_missing_enrichment(uow, older_than_s=SWEEP_AGE_S):
+                        await ctx.publish_committed(uow)
+                except Exception as exc:
+                    log.warning("enrichment sweep failed", extra={"error": repr(exc)})
+
+    return WorkerParts(
+        handlers={RegistrationRequested: on_registration, EnrichmentRequested: on_enrichment},
+        background=[sweep],
+    )
+
+
+def main() -> None:
+    """Run the registration worker until SIGTERM."""
+    worker_main(NAME, REGISTRATION, lambda s: s.REGISTRATION_PORT, setup)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Registration's service functions: plain async functions, testable without a broker."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from services.registration.companies import (
+    apply_profile,
+    companies_missing_profile,
+    fallback_title,
+    record_event,
+    upsert_company,
+)
+from shared.bus.errors import PermanentError
+from shared.db.uow import UnitOfWork
+from shared.messages import (
+    CompanyEnriched,
+    EnrichmentRequested,
+    IntegrationStatusChanged,
+    RegistrationCompleted,
+    RegistrationRequested,
+)
+from shared.yclients import CompanyProfile, YClientsNotFound
+
+log = logging.getLogger(__name__)
+CONSUMER = "registration"
+
+
+class CompanyDirectory(Protocol):
+    """The part of the YClients client enrichment needs."""
+
+    async def get_company(self, salon_id: int) -> CompanyProfile:
+        """The branch profile from YClients."""
+        ...
+
+
+async def register_salons(cmd: RegistrationRequested, *, uow: UnitOfWork) -> list[int]:
+    """Upsert every salon of an install, record `registration_started`, and ask for enrichment.
+
+    Returns the salon ids applied now (empty on a redelivery of a message already applied).
+    """
+    async with uow:
+        if not await uow.claim_message(CONSUMER, cmd.id):
+            log.info("registration already applied")
+            return []
+        user = cmd.data.user
+        for salon_id in cmd.data.salon_ids:
+            result = await upsert_company(uow.session, salon_id, user)
+            await record_event(
+                uow.session,
+                salon_id=salon_id,
+                company_id=result.company_id,
+                event_type="registration_started",
+                data={
+                    "salon_ids": cmd.data.salon_ids,
+                    "user_id": user.id if user else None,
+                    "reinstall": result.reinstalled,
+                },
+                message_id=cmd.id,
+            )
+            follow = {"correlation_id": cmd.correlation_id, "salon_id": salon_id}
+            if result.reinstalled:
+                uow.emit(
+                    IntegrationStatusChanged(
+                        **follow, data={"salon_id": salon_id, "status": result.status, "previous": "uninstalled"}
+                    )
+                )
+            uow.emit(
+                RegistrationCompleted(
+                    **follow,
+                    data={
+                        "salon_id": salon_id,
+                        "company_id": result.company_id,
+                        "title": result.title,
+                        "integration_status": result.status,
+                        "enriched": result.enriched,
+                    },
+                )
+            )
+            uow.emit(EnrichmentRequested(**follow, data={"salon_id": salon_id}))
+        await uow.commit()
+        return list(cmd.data.salon_ids)
+
+
+async def enrich_company(cmd: EnrichmentRequested, *, uow: UnitOfWork, yclients: CompanyDirectory) -> bool:
+    """Fetch the salon's profile from YClients and store it; True when the company was updated.
+
+    A YClients failure propagates as a transient error (retried later); the company keeps its fallback title.
+    """
+    salon_id = cmd.data.salon_id
+    try:
+        profile = await yclients.get_company(salon_id)
+    except YClientsNotFound as exc:
+        raise PermanentError(f"YClients has no company {salon_id}") from exc
+    async with uow:
+        company_id = await apply_profile(
+            uow.session,
+            salon_id,
+            title=profile.title or fallback_title(salon_id),
+            phone=profile.phone,
+            timezone=profile.timezone,
+        )
+        if company_id is None:
+            raise PermanentError(f"company {salon_id} is not registered")
+        await record_event(
+            uow.session,
+            salon_id=salon_id,
+            company_id=company_id,
+            event_type="company_enriched",
+            data={"title": profile.title, "timezone": profile.timezone},
+            message_id=cmd.id,
+        )
+        uow.emit(
+            CompanyEnriched(
+                correlation_id=cmd.correlation_id,
+                salon_id=salon_id,
+                data={
+                    "salon_id": salon_id,
+                    "title": profile.title,
+                    "phone": profile.phone,
+                    "timezone": profile.timezone,
+                },
+            )
+        )
+        await uow.commit()
+    return True
+
+
+async def request_missing_enrichment(uow: UnitOfWork, *, older_than_s: int, limit: int = 500) -> int:
+    """Ask again for profiles still missing long after registration (their retries were exhausted)."""
+    async with uow:
+        salon_ids = await companies_missing_profile(uow.session, older_than_s=older_than_s, limit=limit)
+        for salon_id in salon_ids:
+            uow.emit(EnrichmentRequested(salon_id=salon_id, data={"salon_id": salon_id}))
+        await uow.commit()
+    return len(salon_ids)
