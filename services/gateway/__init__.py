@@ -1,0 +1,1 @@
+"""The gateway: the only HTTP surface facing YClients and the browser."""
