@@ -9,13 +9,12 @@ from fastapi import Depends
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.deps import get_broker, get_sessionmaker
 from shared.bus.broker import Broker
 from shared.bus.errors import PublishError
 from shared.db.models import OutboxMessage
 from shared.messages import Message, encode
 from shared.metrics import PUBLISHED
-
-from services.gateway.deps import get_broker, get_sessionmaker
 
 log = logging.getLogger(__name__)
 PRODUCER = "gateway"
