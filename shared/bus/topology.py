@@ -18,14 +18,15 @@ EXCHANGE = "marketplace"
 # Poison messages that crash a consumer before it can ack are parked after this many deliveries.
 DELIVERY_LIMIT = 10
 
-# Headers our consumer sets; RabbitMQ ignores client-set x-death, so we count attempts ourselves.
-H_ATTEMPT = "x-attempt"
-H_LAST_ERROR = "x-last-error"
-H_DEAD_REASON = "x-dead-reason"
-H_ORIGINAL_QUEUE = "x-original-queue"
-H_ROUTING_KEY = "x-routing-key"
-H_FIRST_FAILED_AT = "x-first-failed-at"
-H_DEAD_AT = "x-dead-at"
+# Headers our consumer sets. Since 3.13 "x-" headers belong to the broker (client-set x-death is not
+# interpreted), so ours carry their own prefix and we count attempts ourselves.
+H_ATTEMPT = "mp-attempt"
+H_LAST_ERROR = "mp-last-error"
+H_DEAD_REASON = "mp-dead-reason"
+H_ORIGINAL_QUEUE = "mp-original-queue"
+H_ROUTING_KEY = "mp-routing-key"
+H_FIRST_FAILED_AT = "mp-first-failed-at"
+H_DEAD_AT = "mp-dead-at"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""A stand-in for YClients (partner API, marketplace page, lifecycle webhooks) for local runs and tests."""
