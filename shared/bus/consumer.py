@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from shared.bus.broker import Broker, now_iso
 from shared.bus.errors import PublishError, is_permanent
 from shared.logging import log_context
 from shared.messages import Message, decode
+from shared.metrics import HANDLER_SECONDS, MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ class Consumer:
         retry_delays_ms: list[int],
         prefetch: int = 32,
         on_give_up: GiveUpHook | None = None,
-        jitter: float = 0.2,
     ) -> None:
         self.broker = broker
         self.queue = queue
@@ -63,7 +64,6 @@ class Consumer:
         self.retry_delays_ms = list(retry_delays_ms)
         self.prefetch = prefetch
         self.on_give_up = on_give_up
-        self.jitter = jitter
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -126,15 +126,20 @@ class Consumer:
         with log_context(
             message_id=str(msg.id), correlation_id=msg.correlation_id, salon_id=msg.salon_id, type=msg.type
         ):
+            started = time.perf_counter()
             try:
                 await handler(msg, ctx)
             except asyncio.CancelledError:
                 # Not acked: the broker redelivers it when this channel closes.
                 raise
             except Exception as exc:
+                MESSAGES.labels(self.queue.name, msg.type, "failed").inc()
                 await self._failed(incoming, headers, msg, attempt, exc)
                 return
+            finally:
+                HANDLER_SECONDS.labels(self.queue.name, msg.type).observe(time.perf_counter() - started)
             await incoming.ack()
+            MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
             self.processed += 1
             log.debug("handled", extra={"attempt": attempt})
 
