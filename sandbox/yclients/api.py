@@ -106,9 +106,7 @@ def build_api_router(
             errors["count"] = [f"От 1 до {MAX_SALONS_PAGE}"]
         if page is None or count is None or errors:
             return envelopes.error(422, envelopes.INVALID_PARAMS, errors)
-        installed = sorted(
-            (i for i in state.installs.values() if i.status in INSTALLED), key=lambda i: i.salon_id
-        )
+        installed = sorted((i for i in state.installs.values() if i.status in INSTALLED), key=lambda i: i.salon_id)
         chosen = installed[(page - 1) * count : page * count]
         data = [_salon_row(i) for i in chosen]
         return envelopes.ok(data, meta={"page": page, "count": count, "total_count": len(installed)})

@@ -57,9 +57,7 @@ def build_marketplace_router(
     return router
 
 
-def connect_location(
-    params: dict[str, str], *, partner_token: SecretStr, gateway_url: str
-) -> tuple[str, list[int]]:
+def connect_location(params: dict[str, str], *, partner_token: SecretStr, gateway_url: str) -> tuple[str, list[int]]:
     """The install-redirect URL YClients would send the browser to, and the salon ids in it."""
     salon_ids = _ids(params)
     form = params.get("ids_form") or ("plain" if len(salon_ids) == 1 else "brackets")
