@@ -11,9 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that ship in this file so `make dev` runs with nothing configured; production refuses them.
 DEFAULT_PARTNER_TOKEN = "sandbox-partner-token"  # noqa: S105
-DEFAULT_JWT_SECRET = "local-dev-jwt-secret-change-me"  # noqa: S105
+DEFAULT_JWT_SECRET = "local-dev-jwt-secret-change-me-0123456789"  # noqa: S105
 DEFAULT_YCLIENTS_API_URL = "http://127.0.0.1:8090"
-MIN_SECRET_LENGTH = 16
+MIN_SECRET_LENGTH = 32
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,7 @@ from shared.db.uow import UnitOfWork
 from shared.health import Check, probes_app, standard_checks
 from shared.logging import setup_logging
 from shared.messages import Message
+from shared.ratelimit import PostgresRateLimiter
 from shared.runtime import http_server, run_until_signalled, serve_until
 from shared.yclients import YClientsClient
 
@@ -50,7 +51,7 @@ class WorkerContext:
             base_url=self.settings.YCLIENTS_API_URL,
             partner_token=self.settings.YCLIENTS_PARTNER_TOKEN,
             application_id=self.settings.YCLIENTS_APP_ID,
-            limiter=None,
+            limiter=PostgresRateLimiter.for_yclients(self.engine, self.settings),
             timeout_s=self.settings.YCLIENTS_TIMEOUT_S,
         )
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,7 +43,6 @@ def create_app(
         transport=gateway_transport,
     )
     app = FastAPI(title="YClients sandbox", docs_url="/__sandbox/docs", openapi_url="/__sandbox/openapi.json")
-    app.state.sandbox = state
     app.include_router(build_control_router(state, notifier))
     app.include_router(
         build_marketplace_router(
@@ -64,7 +62,6 @@ def create_app(
         )
     )
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(YClientsGate, state=state, partner_token=settings.YCLIENTS_PARTNER_TOKEN, options=opts)
     return app
 
@@ -75,15 +72,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if classify(request.url.path) is not None:
         return envelopes.error(status, envelopes.NOT_FOUND if status == 404 else str(detail))
     return JSONResponse({"detail": detail}, status_code=status)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse({"detail": jsonable(errors)}, status_code=422)
-
-
-def jsonable(errors: object) -> object:
-    """Validation errors made JSON-safe (pydantic may put exceptions in ``ctx``)."""
-    from fastapi.encoders import jsonable_encoder
-
-    return jsonable_encoder(errors, custom_encoder={Exception: str})

@@ -66,7 +66,7 @@ def build_control_router(state: SandboxState, notifier: GatewayNotifier) -> APIR
         return list(state.webhooks)
 
     @router.post("/__sandbox/webhooks/{event}")
-    async def send_webhook(event: str, body: dict[str, Any] = Body(...)) -> JSONResponse:
+    async def send_webhook(event: str, body: dict[str, Any] = Body(...)) -> Response:
         if not _EVENT.fullmatch(event):
             raise HTTPException(422, "event must be a lowercase word")
         salon_id = body.get("salon_id")

@@ -154,13 +154,16 @@ def render_page(state: SandboxState, gateway_url: str, application_id: int) -> s
     """The marketplace page: one card per seeded salon, one for the two-branch network, dev options."""
     singles = [s for s in profiles.SEEDED.values() if s.id not in profiles.NETWORK_IDS]
     cards = "".join(_card(state, s) for s in singles)
-    network = ", ".join(escape(profiles.SEEDED[i].title) for i in profiles.NETWORK_IDS)
+    branches = "".join(
+        f'<div class="muted">• {escape(profiles.SEEDED[i].title)} {_badge(state, i)}</div>'
+        for i in profiles.NETWORK_IDS
+    )
     network_ids = ",".join(str(i) for i in profiles.NETWORK_IDS)
     cards += (
         '<div class="card network">'
         f"<h3>{escape(profiles.NETWORK_TITLE)}</h3>"
-        f'<div class="muted">Два филиала: {network}</div>'
-        '<div class="muted">Подключение сразу для всей сети (salon_ids[])</div>'
+        '<div class="muted">Два филиала, подключение сразу для всей сети (salon_ids[]):</div>'
+        f"{branches}"
         f'<a class="btn" href="/marketplace/connect?salon_ids={network_ids}">Подключить оба филиала</a>'
         "</div>"
     )
@@ -185,8 +188,10 @@ def render_page(state: SandboxState, gateway_url: str, application_id: int) -> s
 <label>Паддинг «=»<select name="padding"><option value="1">есть</option><option value="0">нет</option></select></label>
 <label>Форма ID<select name="ids_form"><option value="">по умолчанию</option><option value="plain">salon_id</option>
 <option value="brackets">salon_ids[]</option><option value="indexed">salon_ids[0]</option></select></label>
-<label>«+» как пробел<select name="plus_as_space"><option value="0">нет</option><option value="1">да</option></select></label>
-<label>Передавать user_data<select name="with_user"><option value="1">да</option><option value="0">нет</option></select></label>
+<label>«+» как пробел<select name="plus_as_space"><option value="0">нет</option>
+<option value="1">да</option></select></label>
+<label>Передавать user_data<select name="with_user"><option value="1">да</option>
+<option value="0">нет</option></select></label>
 <label>&nbsp;<button class="btn" type="submit">Подключить</button></label>
 </form></details>
 </main>
@@ -195,12 +200,16 @@ def render_page(state: SandboxState, gateway_url: str, application_id: int) -> s
 </body></html>"""
 
 
+def _badge(state: SandboxState, salon_id: int) -> str:
+    install = state.install(salon_id)
+    if install is None:
+        return ""
+    label, css = _STATUS_LABELS.get(install.status, (install.status, ""))
+    return f'<span class="badge {css}">{escape(label)}</span>'
+
+
 def _card(state: SandboxState, salon: profiles.Salon) -> str:
-    install = state.install(salon.id)
-    badge = ""
-    if install is not None:
-        label, css = _STATUS_LABELS.get(install.status, (install.status, ""))
-        badge = f'<span class="badge {css}">{escape(label)}</span>'
+    badge = _badge(state, salon.id)
     return (
         '<div class="card">'
         f"<h3>{escape(salon.title)}</h3>"

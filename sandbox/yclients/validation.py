@@ -183,7 +183,7 @@ def _date(body: dict[str, Any], name: str, errors: Errors) -> datetime | None:
         errors[name] = [REQUIRED if value is None else "Формат: YYYY-MM-DD HH:MM:SS"]
         return None
     try:
-        return datetime.strptime(value, DATE_FORMAT)  # noqa: DTZ007 -- a wall-clock date, as YClients sends it
+        return datetime.strptime(value, DATE_FORMAT)  # a wall-clock date, as YClients sends it
     except ValueError:
         errors[name] = ["Формат: YYYY-MM-DD HH:MM:SS"]
         return None

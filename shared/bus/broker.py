@@ -99,8 +99,11 @@ class Broker:
     async def open_channel(
         self, *, publisher_confirms: bool = True, prefetch: int | None = None
     ) -> AbstractRobustChannel:
-        """A new channel; `on_return_raises` so an unroutable publish is an error, not a silent drop."""
-        channel = await self.connection.channel(publisher_confirms=publisher_confirms, on_return_raises=True)
+        """A new channel; with confirms, `on_return_raises` so an unroutable publish is an error, not a silent drop."""
+        # aio-pika refuses on_return_raises without confirms; such channels are for reading only.
+        channel = await self.connection.channel(
+            publisher_confirms=publisher_confirms, on_return_raises=publisher_confirms
+        )
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch)
         return channel

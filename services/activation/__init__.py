@@ -1,0 +1,1 @@
+"""Activation worker: api_key + partner callback, lifecycle webhooks (uninstall/freeze), WhatsApp link state."""

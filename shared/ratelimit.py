@@ -1,0 +1,125 @@
+"""The YClients rate limit held across every process and host, on one PostgreSQL row (YCLIENTS.md §4, DESIGN §6).
+
+Why PostgreSQL and not Redis: every service already depends on it (nothing to add to compose or to operate),
+its clock is one clock for all processes and hosts, and a row lock serialises reservations without a separate
+lock service. The load is a few statements per YClients call, which is capped at 5 per second anyway.
+
+Algorithm: a sliding-window log with reservation. The row ``rate_limits[name]`` keeps the times (database
+clock, epoch seconds) of the last ``max(count)`` calls reserved, some of them possibly still in the future.
+A caller locks the row, takes the earliest time ``t`` that is not before the last reservation and leaves
+fewer than ``count`` reservations in ``(t - seconds, t]`` for every window, appends ``t``, commits, and sleeps
+until ``t``. Reservations are handed out in order, so checking the windows that end at ``t`` is enough:
+no later window can hold more calls than the one ending at its own newest reservation.
+Under a burst callers queue (each sleeps until its slot); none is refused.
+
+The platform counts calls when they arrive, not when we send them, so two calls' network and scheduling
+delays can differ; ``margin_s`` widens every window by that much so the jitter cannot push a sixth call into
+YClients' one-second window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+YCLIENTS_LIMIT = "yclients"
+# Arrival jitter tolerated between two of our calls (event-loop and network delays on a busy host).
+DEFAULT_MARGIN_S = 0.2
+
+_LOCK_AND_READ = text(
+    """
+    INSERT INTO rate_limits AS r (name) VALUES (:name)
+    ON CONFLICT (name) DO UPDATE SET name = r.name
+    RETURNING r.slots, extract(epoch FROM clock_timestamp())::float8 AS now
+    """
+)
+_STORE = text("UPDATE rate_limits SET slots = :slots, updated_at = now() WHERE name = :name").bindparams(
+    bindparam("slots", type_=ARRAY(DOUBLE_PRECISION))
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most ``count`` calls in any ``seconds``-long window."""
+
+    count: int
+    seconds: float
+
+
+def next_slot(slots: Sequence[float], now: float, windows: Sequence[Window], margin_s: float = 0.0) -> float:
+    """The earliest time, not before ``now`` nor the last reservation, that keeps every window within its count.
+
+    ``slots`` are the reservations so far, in ascending order.
+    """
+    slot = max(now, slots[-1]) if slots else now
+    for window in windows:
+        if len(slots) >= window.count:
+            slot = max(slot, slots[-window.count] + window.seconds + margin_s)
+    return slot
+
+
+def yclients_windows(settings: Settings) -> list[Window]:
+    """The platform's limits from the settings (a non-positive value disables that window)."""
+    pairs = ((settings.YCLIENTS_RATE_PER_SECOND, 1.0), (settings.YCLIENTS_RATE_PER_MINUTE, 60.0))
+    return [Window(count, seconds) for count, seconds in pairs if count > 0]
+
+
+class PostgresRateLimiter:
+    """Waits until one more call fits every window, counting the calls of every process sharing the database."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        windows: Sequence[Window],
+        name: str = YCLIENTS_LIMIT,
+        margin_s: float = DEFAULT_MARGIN_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if any(w.count <= 0 or w.seconds <= 0 for w in windows):
+            raise ValueError("window counts and lengths must be positive")
+        self._engine = engine
+        self._windows = list(windows)
+        self._name = name
+        self._margin = margin_s
+        self._sleep = sleep
+        self._keep = max((w.count for w in self._windows), default=0)
+
+    @classmethod
+    def for_yclients(cls, engine: AsyncEngine, settings: Settings) -> PostgresRateLimiter:
+        """The limiter every YClients client of a process uses (5 per second and 200 per minute by default)."""
+        return cls(engine, windows=yclients_windows(settings))
+
+    def __repr__(self) -> str:
+        return f"PostgresRateLimiter(name={self._name!r}, windows={self._windows!r})"
+
+    async def reserve(self) -> float:
+        """Reserve the next slot; returns how many seconds to wait for it."""
+        if not self._windows:
+            return 0.0
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(_LOCK_AND_READ, {"name": self._name})).one()
+            now = float(row.now)
+            slots = [float(s) for s in row.slots or ()]
+            slot = next_slot(slots, now, self._windows, self._margin)
+            slots.append(slot)
+            await conn.execute(_STORE, {"name": self._name, "slots": slots[-self._keep :]})
+        return max(0.0, slot - now)
+
+    async def acquire(self) -> None:
+        """Block until a call may be made."""
+        delay = await self.reserve()
+        if delay > 0:
+            if delay >= 1.0:
+                log.debug("yclients rate limit: waiting", extra={"wait_s": round(delay, 3), "limit": self._name})
+            await self._sleep(delay)
