@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 
 from fastapi import Request
 
@@ -52,3 +53,8 @@ def pick_salon(claims: OnboardingClaims, salon_id: int | None) -> int:
 def token_key(token: str) -> str:
     """A stable key for per-token limits that does not keep the token itself in memory maps or metrics."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
+
+
+def issued_at(claims: OnboardingClaims, settings: Settings) -> datetime:
+    """When the token was issued (its expiry minus the configured lifetime)."""
+    return claims.expires_at - timedelta(seconds=settings.JWT_TTL_S)

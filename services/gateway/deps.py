@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.livehub import LiveHub
+from services.gateway.options import GatewayOptions
 from shared.bus.broker import Broker
 from shared.config import Settings
 
@@ -40,3 +42,19 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SessionMakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+
+
+def get_hub(request: Request) -> LiveHub:
+    """This instance's live-update hub."""
+    hub: LiveHub = request.app.state.hub
+    return hub
+
+
+def get_options(request: Request) -> GatewayOptions:
+    """The gateway's timings and limits."""
+    options: GatewayOptions = request.app.state.options
+    return options
+
+
+HubDep = Annotated[LiveHub, Depends(get_hub)]
+OptionsDep = Annotated[GatewayOptions, Depends(get_options)]

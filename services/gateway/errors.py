@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,14 @@ from services.gateway.publishing import Unavailable
 log = logging.getLogger(__name__)
 
 # Machine callers (the page's JS, YClients, probes) get JSON from these paths whatever they accept.
-JSON_PREFIXES = ("/marketplace/api/", "/marketplace/activate", "/marketplace/health", "/webhook/", "/healthz", "/readyz")
+JSON_PREFIXES = (
+    "/marketplace/api/",
+    "/marketplace/activate",
+    "/marketplace/health",
+    "/webhook/",
+    "/healthz",
+    "/readyz",
+)
 
 ERROR_CODES = {
     400: "bad_request",
@@ -38,7 +46,7 @@ ERROR_CODES = {
 class ApiError(Exception):
     """An API answer other than success: status, a stable code, and a Russian message for the page."""
 
-    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
@@ -53,7 +61,9 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def json_error(status_code: int, code: str, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def json_error(
+    status_code: int, code: str, detail: Any, headers: Mapping[str, str] | None = None, **extra: Any
+) -> Response:
     """The JSON error body every gateway route uses: `{error, detail, ...}`."""
     return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status_code, headers=headers)
 
@@ -62,16 +72,22 @@ def _yclients_action(request: Request) -> Action:
     return Action("Открыть YClients", request.app.state.settings.YCLIENTS_UI_URL)
 
 
-def _page_for_status(request: Request, status_code: int, headers: dict[str, str] | None) -> Response:
+def _page_for_status(request: Request, status_code: int, headers: Mapping[str, str] | None) -> Response:
     texts = {
-        404: ("Страница не найдена", "Такой страницы нет. Чтобы подключить WhatsApp, откройте наше приложение "
-              "в маркетплейсе YClients и нажмите «Подключить»."),
-        405: ("Эту страницу так не открыть", "Откройте ссылку из YClients заново — кнопкой «Подключить» "
-              "в карточке приложения."),
+        404: (
+            "Страница не найдена",
+            "Такой страницы нет. Чтобы подключить WhatsApp, откройте наше приложение "
+            "в маркетплейсе YClients и нажмите «Подключить».",
+        ),
+        405: (
+            "Эту страницу так не открыть",
+            "Откройте ссылку из YClients заново — кнопкой «Подключить» в карточке приложения.",
+        ),
         413: ("Слишком большой запрос", "Запрос больше допустимого размера. Вернитесь назад и попробуйте ещё раз."),
     }
     title, message = texts.get(
-        status_code, ("Не получилось открыть страницу", "Попробуйте ещё раз или откройте приложение из YClients заново.")
+        status_code,
+        ("Не получилось открыть страницу", "Попробуйте ещё раз или откройте приложение из YClients заново."),
     )
     response = error_page(request, status_code, title=title, message=message, actions=[_yclients_action(request)])
     for key, value in (headers or {}).items():

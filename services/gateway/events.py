@@ -1,8 +1,7 @@
-"""Live updates on the wire: which salon a message concerns, the JSON the page needs, and the SSE framing."""
+"""Live updates for the page: which salon a message concerns, and the JSON the page needs for it."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from services.gateway.snapshot import ACTIVATION_BY_INTEGRATION, pairing_code_view, qr_view
@@ -40,7 +39,12 @@ def event_payload(msg: m.Message, salon_id: int) -> dict[str, Any] | None:
         case m.QrIssued():
             assert isinstance(data, m.QrIssuedData)
             qr = qr_view(data.payload, data.seq, data.max, data.expires_at, data.attempt_id)
-            return {**base, "session_id": data.session_id, "attempt_id": data.attempt_id, "qr": qr.model_dump(mode="json")}
+            return {
+                **base,
+                "session_id": data.session_id,
+                "attempt_id": data.attempt_id,
+                "qr": qr.model_dump(mode="json"),
+            }
         case m.PairingCodeIssued():
             assert isinstance(data, m.PairingCodeIssuedData)
             code = pairing_code_view(data.code, data.expires_at, data.attempt_id)
@@ -58,8 +62,13 @@ def event_payload(msg: m.Message, salon_id: int) -> dict[str, Any] | None:
             return {**base, "session_id": data.session_id, "phone": data.phone}
         case m.WhatsAppDisconnected():
             assert isinstance(data, m.WhatsAppDisconnectedData)
-            return {**base, "session_id": data.session_id, "code": data.code, "retrying": data.retrying,
-                    "retry_in_s": data.retry_in_s}
+            return {
+                **base,
+                "session_id": data.session_id,
+                "code": data.code,
+                "retrying": data.retrying,
+                "retry_in_s": data.retry_in_s,
+            }
         case m.WhatsAppLoggedOut():
             assert isinstance(data, m.WhatsAppLoggedOutData)
             return {**base, "session_id": data.session_id, "code": data.code}
@@ -83,19 +92,3 @@ def event_payload(msg: m.Message, salon_id: int) -> dict[str, Any] | None:
                 "activation_status": ACTIVATION_BY_INTEGRATION.get(data.status),
             }
     return None
-
-
-def sse_event(event: str, data: Any) -> bytes:
-    """One server-sent event; compact JSON never contains a newline, so one `data:` line suffices."""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {body}\n\n".encode()
-
-
-def sse_comment(text: str) -> bytes:
-    """A comment line (heartbeat): ignored by EventSource, keeps proxies from closing an idle stream."""
-    return f": {text}\n\n".encode()
-
-
-def sse_retry(ms: int) -> bytes:
-    """Tell EventSource how long to wait before reconnecting."""
-    return f"retry: {ms}\n\n".encode()

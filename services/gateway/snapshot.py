@@ -90,7 +90,9 @@ def format_pairing_code(code: str) -> str:
     return f"{raw[:4]}-{raw[4:]}" if len(raw) == 8 else raw
 
 
-def qr_view(payload: str, seq: int | None, max_: int | None, expires_at: datetime | None, attempt_id: str | None) -> QrView:
+def qr_view(
+    payload: str, seq: int | None, max_: int | None, expires_at: datetime | None, attempt_id: str | None
+) -> QrView:
     """A QR view with its SVG rendered from the payload."""
     return QrView(payload=payload, svg=qr_svg(payload), seq=seq, max=max_, expires_at=expires_at, attempt_id=attempt_id)
 
@@ -181,7 +183,9 @@ async def load_snapshot(session: AsyncSession, salon_ids: list[int], *, issued_a
                 integration_status=status,
                 registered=registered,
                 whatsapp=whatsapp_view(salon_id, sessions.get(salon_id)),
-                activation=ActivationView(status=ACTIVATION_BY_INTEGRATION.get(status) if status else None, error=error),
+                activation=ActivationView(
+                    status=ACTIVATION_BY_INTEGRATION.get(status) if status else None, error=error
+                ),
             )
         )
     return Snapshot(server_time=utcnow(), salons=salons)

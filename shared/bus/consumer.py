@@ -40,6 +40,14 @@ Handler = Callable[[Message, Delivery], Awaitable[None]]
 GiveUpHook = Callable[[Message, str], Awaitable[None]]
 
 
+def _previous_attempts(headers: Mapping[str, Any]) -> int:
+    """Failed attempts so far; a garbled header counts as none rather than wedging the message."""
+    try:
+        return max(0, int(str(headers.get(t.H_ATTEMPT, 0))))
+    except ValueError:
+        return 0
+
+
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text[:_MAX_ERROR_LEN]
@@ -112,7 +120,7 @@ class Consumer:
 
     async def _process(self, incoming: AbstractIncomingMessage) -> None:
         headers = dict(incoming.headers or {})
-        attempt = int(str(headers.get(t.H_ATTEMPT, 0))) + 1
+        attempt = _previous_attempts(headers) + 1
         try:
             msg = decode(incoming.body)
         except ValidationError as exc:

@@ -75,6 +75,8 @@ async def relay_once(
                 update(OutboxMessage).where(OutboxMessage.id.in_(failed)).values(attempts=OutboxMessage.attempts + 1)
             )
         await delete_outbox(session, sent)
+        # delete_outbox commits only when something was sent; the attempt counts must be kept either way.
+        await session.commit()
         return len(sent)
 
 

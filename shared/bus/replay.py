@@ -4,8 +4,9 @@
 `python -m shared.bus.replay move [QUEUE] (--salon ID ... | --type KEY ... | --all) [--no-dry-run] [--limit N]`
 
 Reading is non-destructive: every message is fetched with basic.get and held unacked, then requeued in the
-order it came (quorum queues serve returned messages first, in return order). Requeueing raises the
-`x-delivery-count` of the dead copy; `.dead` queues have no delivery limit, so that is harmless.
+order it came (quorum queues serve returned messages first; one parked meanwhile may land between them).
+Requeueing raises the `x-delivery-count` of the dead copy; `.dead` queues have no delivery limit, so that
+is harmless.
 A move republishes to the exchange with the original routing key and acks the dead copy only after the
 broker confirmed: an interruption at any point leaves each message in `.dead`, or republished, or both
 (a duplicate the idempotent consumers absorb) — never lost.
@@ -15,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aio_pika
+import aiormq
 import typer
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aio_pika.exceptions import ChannelClosed
+from aio_pika.exceptions import AMQPError, ChannelClosed
 from pydantic import ValidationError
+from yarl import URL
 
 from shared.bus import topology as t
 from shared.bus.broker import Broker, now_iso
@@ -35,13 +39,6 @@ from shared.messages import decode
 # Our own prefix, like the consumer's headers (topology): "x-" headers belong to the broker since 3.13.
 H_REPLAYED_AT = "mp-replayed-at"
 H_REPLAY_COUNT = "mp-replay-count"
-# Names the consumer used before its headers got their own prefix; messages parked then are still read.
-_LEGACY = {
-    t.H_ATTEMPT: "x-attempt",
-    t.H_DEAD_REASON: "x-dead-reason",
-    t.H_DEAD_AT: "x-dead-at",
-    t.H_ROUTING_KEY: "x-routing-key",
-}
 
 # What the failed life of a message left in its headers; the replayed copy starts its attempts afresh.
 _RESET_HEADERS = frozenset(
@@ -51,11 +48,6 @@ _RESET_HEADERS = frozenset(
         t.H_LAST_ERROR,
         t.H_DEAD_AT,
         t.H_FIRST_FAILED_AT,
-        "x-attempt",
-        "x-dead-reason",
-        "x-last-error",
-        "x-dead-at",
-        "x-first-failed-at",
         # Set by the broker when it dead-letters; brokers >= 3.13 ignore them from clients, older ones append.
         "x-death",
         "x-first-death-reason",
@@ -187,13 +179,6 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
-def _header(headers: Mapping[str, Any], name: str) -> Any:
-    value = headers.get(name)
-    if value is None and name in _LEGACY:
-        value = headers.get(_LEGACY[name])
-    return value
-
-
 def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The broker's own record of the dead-lettering into `.dead` (delivery limit), when there is one."""
     deaths = headers.get("x-death")
@@ -209,7 +194,7 @@ def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def original_routing_key(incoming: AbstractIncomingMessage, body_type: str | None) -> str | None:
     """The key it was first published with: our header, the broker's dead-letter record, or its type."""
     headers = dict(incoming.headers or {})
-    key = _text(_header(headers, t.H_ROUTING_KEY))
+    key = _text(headers.get(t.H_ROUTING_KEY))
     if key:
         return key
     death = _first_death(headers)
@@ -239,9 +224,9 @@ def describe(incoming: AbstractIncomingMessage) -> DeadMessage:
             salon_id = _int(raw.get("salon_id"))
             body_type = _text(raw.get("type"))
     death = _first_death(headers)
-    reason = _text(_header(headers, t.H_DEAD_REASON))
-    dead_at = _parse_time(_header(headers, t.H_DEAD_AT))
-    attempts = _int(_header(headers, t.H_ATTEMPT))
+    reason = _text(headers.get(t.H_DEAD_REASON))
+    dead_at = _parse_time(headers.get(t.H_DEAD_AT))
+    attempts = _int(headers.get(t.H_ATTEMPT))
     if reason is None and death is not None:
         why = _text(death.get("reason")) or _text(headers.get("x-first-death-reason")) or "unknown"
         queue = _text(death.get("queue")) or _text(headers.get("x-first-death-queue")) or "?"
@@ -343,30 +328,31 @@ async def move_dead(
 ) -> MoveReport:
     """Republish the selected messages of `<queue>.dead` (at most `limit`) to their original routing key."""
     report = MoveReport(dry_run=dry_run)
-    moved_ids: set[str | None] = set()
+    moved_ids: set[str] = set()
+    broker_lost = False
     async with _DeadReader(broker, queue) as reader:
         for incoming in await reader.fetch():
             dead = describe(incoming)
             full = limit is not None and len(report.moved) >= limit
             # A second copy of an id moved in this run is a duplicate: replaying it twice helps nobody.
-            if full or not select(dead) or (dead.message_id in moved_ids and dead.message_id is not None):
+            duplicate = dead.message_id is not None and dead.message_id in moved_ids
+            if broker_lost or full or duplicate or not select(dead):
                 report.kept.append(dead)
                 continue
             if dead.routing_key is None:
                 report.failed.append((dead, "no routing key known"))
                 continue
-            if dry_run:
-                report.moved.append(dead)
-                continue
-            try:
-                await broker.publish_raw(replay_copy(incoming), routing_key=dead.routing_key)
-            except PublishError as exc:
-                report.failed.append((dead, str(exc)))
-                if not broker.is_connected:
-                    break
-                continue
-            await reader.ack(incoming)
-            moved_ids.add(dead.message_id)
+            if not dry_run:
+                try:
+                    await broker.publish_raw(replay_copy(incoming), routing_key=dead.routing_key)
+                except PublishError as exc:
+                    report.failed.append((dead, str(exc)))
+                    # Unroutable: try the others; connection gone: keep the rest as they are.
+                    broker_lost = not broker.is_connected
+                    continue
+                await reader.ack(incoming)
+            if dead.message_id is not None:
+                moved_ids.add(dead.message_id)
             report.moved.append(dead)
     return report
 
@@ -374,6 +360,12 @@ async def move_dead(
 # ---- the command line ---------------------------------------------------------------------------------
 
 app = typer.Typer(help="Dead letters: list what failed for good, move it back to its work queue.", add_completion=False)
+
+
+@app.callback()
+def _setup() -> None:
+    # Plain warnings on stderr (e.g. while RabbitMQ is being retried); stdout stays for the listing.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _age(seconds: float | None) -> str:
@@ -411,9 +403,18 @@ def format_table(items: Sequence[DeadMessage]) -> str:
     return "\n".join(lines)
 
 
+class BrokerUnreachable(Exception):
+    """RabbitMQ could not be reached (the message names host and vhost, never the credentials)."""
+
+
 async def _with_broker(work: Callable[[Broker], Awaitable[T]]) -> T:
-    broker = Broker(Settings().RABBITMQ_URL, name="replay")
-    await broker.connect(attempts=3)
+    url = Settings().RABBITMQ_URL
+    broker = Broker(url, name="replay")
+    try:
+        await broker.connect(attempts=3)
+    except (TimeoutError, AMQPError, aiormq.exceptions.AMQPError, OSError) as exc:
+        where = URL(url)
+        raise BrokerUnreachable(f"RabbitMQ at {where.host}:{where.port}{where.path} unreachable: {exc!r}") from exc
     try:
         return await work(broker)
     finally:
@@ -431,10 +432,10 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="read at most N messages"),
 ) -> None:
-    """List what waits in `<queue>.dead` (nothing is removed)."""
+    """List what waits in <queue>.dead (nothing is removed)."""
     try:
         items: list[DeadMessage] = asyncio.run(_with_broker(lambda b: list_dead(b, queue, limit=limit)))
-    except DeadQueueMissing as exc:
+    except (DeadQueueMissing, BrokerUnreachable) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
         typer.echo(json.dumps([d.as_json() for d in items], ensure_ascii=False, indent=2))
@@ -456,7 +457,7 @@ def move_command(
     limit: int | None = typer.Option(None, "--limit", min=1, help="move at most N messages"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Move selected messages of `<queue>.dead` back to their work queue (dry run unless --no-dry-run)."""
+    """Move selected messages of <queue>.dead back to their work queue (dry run unless --no-dry-run)."""
     try:
         select = selector(salons=salon, types=type_, everything=everything)
     except ValueError as exc:
@@ -465,7 +466,7 @@ def move_command(
         report: MoveReport = asyncio.run(
             _with_broker(lambda b: move_dead(b, queue, select=select, dry_run=dry_run, limit=limit))
         )
-    except DeadQueueMissing as exc:
+    except (DeadQueueMissing, BrokerUnreachable) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
         typer.echo(

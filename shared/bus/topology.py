@@ -104,9 +104,13 @@ async def declare_work_queue(channel: AbstractChannel, queue: WorkQueue, retry_d
             queue.retry(delay),
             durable=True,
             arguments={
+                "x-queue-type": "quorum",
                 "x-message-ttl": delay,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": queue.name,
+                # Expiry back to the work queue must not lose a message either.
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
             },
         )
     work = await channel.declare_queue(queue.name, durable=True, arguments=work_queue_arguments(queue))

@@ -103,9 +103,22 @@ class MarketplaceEvent(Base):
 
 
 class WhatsAppSession(Base):
-    """A salon's WhatsApp session: state, owner lease, current QR or pairing code."""
+    """A salon's WhatsApp session: state, owner lease, current QR or pairing code, pending command.
+
+    Commands are recorded by whichever worker receives them (``desired``, ``pairing_mode``/``pairing_phone``,
+    ``command_seq`` + 1) and applied by the session's owner, which then sets ``applied_seq``.
+    """
 
     __tablename__ = "whatsapp_sessions"
+    __table_args__ = (
+        Index("ix_whatsapp_sessions_owner", "owner"),
+        CheckConstraint(
+            "state IN ('new','pairing','pairing_expired','connecting','connected','disconnected','paused',"
+            "'logged_out','replaced','engine_unreachable')",
+            name="state",
+        ),
+        CheckConstraint("desired IN ('running','paused','logged_out')", name="desired"),
+    )
 
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     salon_id: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
@@ -126,6 +139,11 @@ class WhatsAppSession(Base):
     failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     connected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pairing_mode: Mapped[str | None] = mapped_column(String(8))
+    pairing_phone: Mapped[str | None] = mapped_column(String(32))
+    command_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    applied_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=_now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=_now(), onupdate=_now()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
+import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
 from shared.bus.broker import Broker
 from shared.bus.consumer import Consumer, GiveUpHook, Handler
 from shared.bus.topology import WorkQueue
+from shared.config import Settings
 from shared.messages import Message
 from tests.integration.bus.bus_support import RETRY_DELAYS_MS, MakeQueue, StartConsumer, private_queue
 
@@ -24,7 +26,7 @@ async def channel(broker: Broker) -> AsyncIterator[AbstractChannel]:
 
 
 @pytest.fixture
-async def make_queue(broker: Broker) -> AsyncIterator[MakeQueue]:
+async def make_queue(settings: Settings) -> AsyncIterator[MakeQueue]:
     """A factory of private work queues; every queue it made (with retry and dead queues) is deleted afterwards."""
     made: list[WorkQueue] = []
 
@@ -34,20 +36,20 @@ async def make_queue(broker: Broker) -> AsyncIterator[MakeQueue]:
         return queue
 
     yield make
-    if not made or not broker.is_connected:
-        return
-    ch = await broker.open_channel(publisher_confirms=False)
+    # A connection of its own: a test may have left the shared one reconnecting.
+    connection = await aio_pika.connect(settings.RABBITMQ_URL)
     try:
+        ch = await connection.channel()
         for queue in made:
             for name in (queue.name, queue.dead, *(queue.retry(d) for d in RETRY_DELAYS_MS)):
                 await ch.queue_delete(name)
     finally:
-        await ch.close()
+        await connection.close()
 
 
 @pytest.fixture
-async def start_consumer(broker: Broker) -> AsyncIterator[StartConsumer]:
-    """Start a Consumer on a queue (retry delays 100, 200 ms); every started consumer is stopped afterwards."""
+async def start_consumer(broker: Broker, make_queue: MakeQueue) -> AsyncIterator[StartConsumer]:
+    """Start a Consumer on a queue (retry delays 100, 200 ms); stopped afterwards, before `make_queue` cleans up."""
     started: list[Consumer] = []
 
     async def start(

@@ -1,0 +1,96 @@
+"""`GET /auth/yclients/redirect`: YClients sends the admin's browser here after "Подключить" (YCLIENTS.md §1)."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+from starlette.responses import Response
+
+from services.gateway.deps import SettingsDep
+from services.gateway.pages import Action, error_page
+from services.gateway.publishing import SinkDep, Unavailable
+from shared.config import Settings
+from shared.logging import log_context
+from shared.messages import MarketplaceUser, RegistrationRequested, RegistrationRequestedData
+from shared.tokens import (
+    InvalidSalonId,
+    InvalidSignature,
+    InvalidUserData,
+    issue_onboarding_token,
+    parse_salon_ids,
+    verify_user_data,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["install"])
+
+
+def _back_to_yclients(settings: Settings) -> list[Action]:
+    return [Action("Вернуться в YClients", settings.YCLIENTS_UI_URL)]
+
+
+@router.get("/auth/yclients/redirect", include_in_schema=True)
+async def install_redirect(request: Request, settings: SettingsDep, sink: SinkDep) -> Response:
+    """Verify the install redirect, publish `RegistrationRequested`, and send the admin to the onboarding page."""
+    try:
+        salon_ids = parse_salon_ids(request.query_params.multi_items())
+    except InvalidSalonId as exc:
+        log.info("install redirect refused: salon id", extra={"reason": str(exc)})
+        return error_page(
+            request,
+            400,
+            title="Не удалось определить салон",
+            message="В ссылке из YClients нет номера филиала или он указан неверно. Откройте наше приложение "
+            "в маркетплейсе YClients и нажмите «Подключить» ещё раз.",
+            actions=_back_to_yclients(settings),
+        )
+
+    user: MarketplaceUser | None = None
+    user_data = request.query_params.get("user_data")
+    if user_data is not None:
+        try:
+            user = verify_user_data(
+                user_data, request.query_params.get("user_data_sign"), settings.YCLIENTS_PARTNER_TOKEN
+            )
+        except (InvalidSignature, InvalidUserData) as exc:
+            # The reason is ours (no secret in it); the sign and the data themselves are never logged.
+            log.warning("install redirect refused: user data", extra={"reason": str(exc), "salon_ids": salon_ids})
+            return error_page(
+                request,
+                403,
+                title="Ссылка не прошла проверку",
+                message="Мы не смогли подтвердить, что ссылка пришла из YClients: подпись данных неверна или "
+                "отсутствует. Откройте приложение в маркетплейсе YClients и нажмите «Подключить» ещё раз — "
+                "не копируйте ссылку вручную.",
+                actions=_back_to_yclients(settings),
+            )
+
+    msg = RegistrationRequested(salon_id=salon_ids[0], data=RegistrationRequestedData(salon_ids=salon_ids, user=user))
+    with log_context(message_id=str(msg.id), correlation_id=msg.correlation_id, salon_id=salon_ids[0]):
+        try:
+            outcome = await sink.send(msg)
+        except Unavailable:
+            retry_url = request.url.path + "?" + request.url.query
+            page = error_page(
+                request,
+                503,
+                title="Сервис временно недоступен",
+                message="Мы не смогли принять подключение прямо сейчас. Пожалуйста, попробуйте ещё раз через минуту.",
+                actions=[Action("Попробовать ещё раз", retry_url), *_back_to_yclients(settings)],
+                hint="Ваши данные в YClients не изменились — просто повторите попытку.",
+            )
+            page.headers["Retry-After"] = "60"
+            return page
+        log.info("install redirect accepted", extra={"salon_ids": salon_ids, "outcome": outcome})
+
+    token = issue_onboarding_token(
+        salon_ids, secret=settings.JWT_SECRET, ttl_s=settings.JWT_TTL_S, user_id=user.id if user else None
+    )
+    return RedirectResponse(
+        "/marketplace/onboarding?" + urlencode({"token": token}),
+        status_code=302,
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )

@@ -1,0 +1,1 @@
+"""The WhatsApp emulator: a client engine, the shared emulated server, and the "phone" endpoints."""

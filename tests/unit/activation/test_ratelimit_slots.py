@@ -1,0 +1,50 @@
+"""The slot arithmetic of the shared YClients limiter (the cross-process behaviour is an integration test)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from shared.config import Settings
+from shared.ratelimit import Window, next_slot, yclients_windows
+
+LIMITS = [Window(5, 1.0), Window(200, 60.0)]
+
+
+def reserve(count: int, *, now: float = 0.0, margin: float = 0.0) -> list[float]:
+    slots: list[float] = []
+    for _ in range(count):
+        slots.append(next_slot(slots, now, LIMITS, margin))
+    return slots
+
+
+def max_in_window(slots: list[float], seconds: float) -> int:
+    # Windows are half-open (t - seconds, t], as YClients (and the sandbox) count them.
+    return max(sum(1 for s in slots if end - seconds < s <= end) for end in slots)
+
+
+def test_a_burst_queues_five_per_second_and_two_hundred_per_minute() -> None:
+    slots = reserve(260)
+    assert slots[:5] == [0.0] * 5
+    assert slots[5] == pytest.approx(1.0)
+    assert max_in_window(slots, 1.0) == 5
+    assert max_in_window(slots, 60.0) == 200
+    assert slots[200] == pytest.approx(60.0)  # the 201st call waits for the first to leave the minute
+    assert slots == sorted(slots)
+
+
+def test_the_margin_widens_every_window() -> None:
+    slots = reserve(11, margin=0.2)
+    assert slots[5] == pytest.approx(1.2)
+    assert slots[10] == pytest.approx(2.4)
+    assert max_in_window([s - 0.19 if i % 5 == 0 else s for i, s in enumerate(slots)], 1.0) <= 5
+
+
+def test_a_quiet_limiter_answers_now() -> None:
+    assert next_slot([1.0, 2.0], 100.0, LIMITS, 0.2) == 100.0
+    assert next_slot([], 7.5, LIMITS) == 7.5
+
+
+def test_windows_come_from_the_settings() -> None:
+    settings = Settings(ENVIRONMENT="test", YCLIENTS_PARTNER_TOKEN=SecretStr("x" * 20), YCLIENTS_RATE_PER_MINUTE=0)
+    assert yclients_windows(settings) == [Window(5, 1.0)]
