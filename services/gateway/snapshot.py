@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.qr import qr_svg
@@ -157,12 +157,12 @@ async def load_snapshot(session: AsyncSession, salon_ids: list[int], *, issued_a
     failed = [sid for sid, c in companies.items() if c.integration_status == "activation_failed"]
     last_attempts: dict[int, ActivationAttempt] = {}
     if failed:
-        rows = await session.execute(
-            select(ActivationAttempt)
+        latest = (
+            select(func.max(ActivationAttempt.id))
             .where(ActivationAttempt.salon_id.in_(failed))
-            .order_by(ActivationAttempt.salon_id, ActivationAttempt.at.desc(), ActivationAttempt.id.desc())
-            .distinct(ActivationAttempt.salon_id)
+            .group_by(ActivationAttempt.salon_id)
         )
+        rows = await session.execute(select(ActivationAttempt).where(ActivationAttempt.id.in_(latest)))
         last_attempts = {a.salon_id: a for a in rows.scalars()}
 
     salons: list[SalonView] = []
