@@ -22,11 +22,11 @@ from typing import Literal, Protocol
 
 from services.activation.apikeys import hash_api_key, new_api_key
 from services.activation.store import (
-    ACTIVATION_STARTED,
     activation_owner,
     has_unconfirmed_callback,
     latest_flag_change,
     lock_company,
+    mark_activation_started,
     record_attempt,
     record_event,
 )
@@ -120,6 +120,7 @@ class _Run:
     attempt: int
     company_id: int | None = None
     previous_hash: str | None = None
+    previous_created_at: datetime | None = None
 
 
 async def activate_salon(
@@ -216,20 +217,19 @@ async def _start(uow: UnitOfWork, company: Company, run: _Run) -> None:
         company.integration_status = "activating"
         uow.emit(_status_changed(run, "activating", previous))
     company.last_error = None
-    await record_event(
+    await mark_activation_started(
         uow.session,
         salon_id=run.salon_id,
         company_id=company.id,
-        event_type=ACTIVATION_STARTED,
-        data={"trigger": run.cmd.type, "attempt": run.attempt, "previous_status": previous},
         message_id=run.cmd.id,
+        data={"trigger": run.cmd.type, "attempt": run.attempt, "previous_status": previous},
     )
 
 
 def _store_new_key(company: Company, run: _Run) -> str:
     """Create the key and put its hash on the row; the plain value goes back to the caller's memory only."""
     api_key = new_api_key()
-    run.previous_hash = company.api_key_hash
+    run.previous_hash, run.previous_created_at = company.api_key_hash, company.api_key_created_at
     company.api_key_hash = hash_api_key(api_key)
     company.api_key_created_at = utcnow()
     return api_key
@@ -278,6 +278,10 @@ async def _already_installed(
 ) -> ActivationResult:
     """403 "already installed": success once the status endpoint confirms it (YCLIENTS.md §2)."""
     async with uow:
+        company = await lock_company(uow.session, run.salon_id)
+        if company is not None and company.integration_status == "activating":
+            # The key just offered was refused: YClients keeps the one of that install (ours from before, if any).
+            company.api_key_hash, company.api_key_created_at = run.previous_hash, run.previous_created_at
         await record_attempt(
             uow.session,
             salon_id=run.salon_id,
@@ -291,12 +295,12 @@ async def _already_installed(
         )
         await uow.commit()
     if await _check_install(run, uow=uow, yclients=yclients):
-        return await _finish_installed(run, uow=uow, key_hash=None, status_code=None, restore_hash=True)
+        return await _finish_installed(run, uow=uow, key_hash=None, status_code=None)
     raise TransientError("YClients answered 'already installed' but its status endpoint does not confirm it")
 
 
 async def _finish_installed(
-    run: _Run, *, uow: UnitOfWork, key_hash: str | None, status_code: int | None, restore_hash: bool = False
+    run: _Run, *, uow: UnitOfWork, key_hash: str | None, status_code: int | None
 ) -> ActivationResult:
     """The app is installed on the salon: `active`, unless an uninstall or re-install overtook this activation."""
     already = key_hash is None
@@ -320,9 +324,6 @@ async def _finish_installed(
         if key_hash is not None:
             # The key YClients now holds is the one of the callback it accepted last.
             company.api_key_hash = key_hash
-        elif restore_hash:
-            # "Already installed": YClients kept the key of that install (ours from before, if we know one).
-            company.api_key_hash = run.previous_hash
         previous = company.integration_status
         if previous not in ("activating", "activation_failed"):
             # Frozen meanwhile, or completed by another message: the install is recorded, the status stays.
@@ -374,7 +375,7 @@ async def _failed_call(run: _Run, exc: YClientsError, *, uow: UnitOfWork, action
             if permanent:
                 if action == "callback":
                     # The key offered was refused, so it authenticates nothing: back to what it was.
-                    company.api_key_hash = run.previous_hash
+                    company.api_key_hash, company.api_key_created_at = run.previous_hash, run.previous_created_at
                 await _mark_failed(uow, company, run.cmd, reason=reason, status_code=exc.status, permanent=True)
         await uow.commit()
     if permanent:

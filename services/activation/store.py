@@ -92,6 +92,22 @@ async def has_unconfirmed_callback(session: AsyncSession, salon_id: int) -> bool
     return found.first() is not None
 
 
+async def mark_activation_started(
+    session: AsyncSession, *, salon_id: int, company_id: int, message_id: uuid.UUID, data: dict[str, Any]
+) -> None:
+    """Make `message_id` the owner of the salon's activation (again, for a retried or replayed message)."""
+    stmt = insert(MarketplaceEvent).values(
+        salon_id=salon_id, company_id=company_id, event_type=ACTIVATION_STARTED, event_data=data, message_id=message_id
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[MarketplaceEvent.event_type, MarketplaceEvent.message_id],
+            index_where=MarketplaceEvent.message_id.is_not(None),
+            set_={"created_at": func.now(), "event_data": stmt.excluded.event_data},
+        )
+    )
+
+
 @dataclass(frozen=True)
 class Owner:
     """The message that started the activation in flight, and when it last showed a sign of life."""
@@ -106,7 +122,7 @@ async def activation_owner(session: AsyncSession, salon_id: int) -> Owner | None
         await session.execute(
             select(MarketplaceEvent.message_id, MarketplaceEvent.created_at)
             .where(MarketplaceEvent.salon_id == salon_id, MarketplaceEvent.event_type == ACTIVATION_STARTED)
-            .order_by(MarketplaceEvent.id.desc())
+            .order_by(MarketplaceEvent.created_at.desc(), MarketplaceEvent.id.desc())
             .limit(1)
         )
     ).first()

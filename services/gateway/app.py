@@ -77,7 +77,9 @@ def create_app(settings: Settings, options: GatewayOptions | None = None) -> Fas
         app.state.sessionmaker = sessionmaker
         stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(connect_and_listen(broker, hub, settings.RETRY_DELAYS_MS, stop), name="gateway-connect"),
+            asyncio.create_task(
+                connect_and_listen(broker, hub, settings.RETRY_DELAYS_MS, stop), name="gateway-connect"
+            ),
             asyncio.create_task(
                 run_relay(broker, sessionmaker, interval_s=settings.OUTBOX_RELAY_INTERVAL_S, stop=stop),
                 name="gateway-outbox-relay",

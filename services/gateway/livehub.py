@@ -57,11 +57,16 @@ class Subscription:
         """True once the subscription ended (closed by its owner, dropped, or hub shut down)."""
         return self.closed_reason is not None
 
+    @property
+    def pending(self) -> int:
+        """Events queued and not read yet."""
+        return self._queue.qsize()
+
     def offer(self, msg: Message) -> bool:
         """Queue an event without waiting; False when the subscriber is too far behind."""
         if self.closed:
             return True
-        if self._queue.qsize() >= self._maxsize:
+        if self.pending >= self._maxsize:
             return False
         self._queue.put_nowait(msg)
         return True

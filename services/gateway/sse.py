@@ -54,15 +54,15 @@ class EventStreamResponse(Response):
         options: GatewayOptions,
         expires_at: datetime,
     ) -> None:
-        super().__init__(
-            status_code=200,
-            headers={
+        # Not Response.__init__: it would declare a Content-Length for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.init_headers(
+            {
                 "Cache-Control": "no-store, no-transform",
                 # nginx would otherwise buffer the stream and the page would see nothing.
                 "X-Accel-Buffering": "no",
-                "Connection": "keep-alive",
-            },
-            media_type=self.media_type,
+            }
         )
         self.subscription = subscription
         self.first = first
@@ -79,7 +79,7 @@ class EventStreamResponse(Response):
             if stream.done() and not stream.cancelled() and stream.exception() is not None:
                 exc = stream.exception()
                 if not isinstance(exc, OSError):
-                    log.warning("event stream failed", extra={"error": repr(exc)})
+                    log.warning("event stream failed", extra={"error": repr(exc)}, exc_info=exc)
         finally:
             for task in (stream, gone):
                 task.cancel()

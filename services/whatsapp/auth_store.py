@@ -110,9 +110,7 @@ class PostgresAuthStore(AuthStore):
                 upserts.append({"kind": kind, "key_id": key_id, "value": value})
         async with self._sessionmaker() as db, db.begin():
             if upserts:
-                stmt = insert(WhatsAppAuth).values(
-                    [{"session_id": session_id, "engine": engine, **u} for u in upserts]
-                )
+                stmt = insert(WhatsAppAuth).values([{"session_id": session_id, "engine": engine, **u} for u in upserts])
                 await db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[WhatsAppAuth.session_id, WhatsAppAuth.kind, WhatsAppAuth.key_id],

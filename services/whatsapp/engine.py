@@ -77,7 +77,12 @@ class UnreachableEvent:
 
 
 EngineEvent = (
-    QrEvent | PairingCodeEvent | PairingExpiredEvent | ConnectedEvent | DisconnectedEvent | LoggedOutEvent
+    QrEvent
+    | PairingCodeEvent
+    | PairingExpiredEvent
+    | ConnectedEvent
+    | DisconnectedEvent
+    | LoggedOutEvent
     | UnreachableEvent
 )
 # Called from the engine's own tasks (or a library's callback, on the event loop); must not block.
@@ -117,7 +122,7 @@ class AbstractWhatsAppEngine(ABC):
     async def logout(self, session_id: str) -> None:
         """Unlink the device from the account (best effort) and close; the caller wipes the stored credentials."""
 
-    async def forget(self, session_id: str, db: AsyncSession) -> None:
+    async def forget(self, session_id: str, db: AsyncSession) -> None:  # noqa: B027 (an optional hook)
         """Delete engine-specific stored state inside the caller's wiping transaction (default: nothing)."""
 
     def is_live(self, session_id: str) -> bool:

@@ -34,7 +34,7 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,7 +60,7 @@ def lease_free() -> ColumnElement[bool]:
     return or_(WS.owner.is_(None), WS.lease_expires_at < func.now())
 
 
-def _until(lease_s: float) -> ColumnElement[object]:
+def _until(lease_s: float) -> ColumnElement[datetime]:
     return func.now() + timedelta(seconds=lease_s)
 
 

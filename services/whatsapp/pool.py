@@ -35,9 +35,7 @@ class PoolConfig:
 class SessionPool:
     """Owns sessions through leases and runs each owned session in a :class:`SessionRunner`."""
 
-    def __init__(
-        self, deps: RunnerDeps, sessionmaker: async_sessionmaker[AsyncSession], config: PoolConfig
-    ) -> None:
+    def __init__(self, deps: RunnerDeps, sessionmaker: async_sessionmaker[AsyncSession], config: PoolConfig) -> None:
         self.deps = deps
         self.config = config
         self._sessionmaker = sessionmaker
@@ -93,9 +91,7 @@ class SessionPool:
                 self._fence_if_stale()
                 self._kick.clear()
                 waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(self._kick.wait())}
-                await asyncio.wait(
-                    waiters, timeout=self.config.check_s, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait(waiters, timeout=self.config.check_s, return_when=asyncio.FIRST_COMPLETED)
                 for task in waiters:
                     task.cancel()
         finally:

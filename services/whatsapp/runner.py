@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import random
@@ -118,7 +119,8 @@ class SessionRunner:
     # -- control -----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Run the session (it first reads its row and applies a pending command or resumes)."""
-        self.task = asyncio.create_task(self._main(), name=f"session:{self.session_id}")
+        # A fresh context: the runner outlives the command that created it, so it must not log that command's ids.
+        self.task = asyncio.create_task(self._main(), name=f"session:{self.session_id}", context=contextvars.Context())
 
     def wake(self) -> None:
         """Re-read the row (a command was recorded)."""

@@ -287,9 +287,7 @@ async def record_connected(
     async with uow:
         db = uow.session
         current = (
-            await db.execute(
-                select(WS.owner, WS.state, WS.phone).where(WS.session_id == session_id).with_for_update()
-            )
+            await db.execute(select(WS.owner, WS.state, WS.phone).where(WS.session_id == session_id).with_for_update())
         ).first()
         if current is None or current.owner != owner:
             raise LostOwnership(session_id)

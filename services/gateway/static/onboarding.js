@@ -366,7 +366,8 @@
     }
     var meta = el("div", { class: "qr-meta" }, [
       qr.seq && qr.max ? el("span", {}, ["Код ", el("strong", { text: String(qr.seq) }), " из ", el("strong", { text: String(qr.max) })]) : null,
-      el("span", { class: "countdown", "data-expires-at": qr.expires_at, "data-kind": "qr" })
+      el("span", { class: "countdown", "data-expires-at": qr.expires_at,
+        "data-kind": qr.seq && qr.max && qr.seq >= qr.max ? "last-qr" : "qr" })
     ]);
     var howto = el("ol", { class: "howto" }, [
       el("li", {}, ["Откройте ", el("b", { text: "WhatsApp" }), " на телефоне салона"]),
@@ -455,6 +456,8 @@
     if (v.qr) setContent(pairing, "qr|" + v.qr.payload, function () { return renderQr(v.qr); });
     else if (v.code) setContent(pairing, "code|" + v.code.code, function () { return renderCode(v.code); });
     else setContent(pairing, "", function () { return []; });
+    var countdowns = pairing.querySelectorAll(".countdown[data-expires-at]");
+    for (var k = 0; k < countdowns.length; k++) showCountdown(countdowns[k]);
 
     var alt = part(id, "alt");
     alt.hidden = !v.alt || expired;
@@ -485,18 +488,20 @@
 
   // ---- countdowns, redirect, banner ------------------------------------------------------------------
 
+  function showCountdown(node) {
+    var left = secondsLeft(node.getAttribute("data-expires-at"));
+    if (left === null) return;
+    var kind = node.getAttribute("data-kind");
+    if (left > 0) node.textContent = (kind === "qr" ? "обновится через " : "действует ещё ") + mmss(left);
+    else node.textContent = kind === "qr" ? "обновляем код…" : "время кода истекло";
+    var pairing = node.closest(".pairing");
+    var frame = pairing && pairing.querySelector(".qr-frame");
+    if (frame) frame.classList.toggle("is-stale", left === 0);
+  }
+
   function tick() {
     var nodes = document.querySelectorAll(".countdown[data-expires-at]");
-    for (var i = 0; i < nodes.length; i++) {
-      var left = secondsLeft(nodes[i].getAttribute("data-expires-at"));
-      if (left === null) continue;
-      var qr = nodes[i].getAttribute("data-kind") === "qr";
-      nodes[i].textContent = left > 0
-        ? (qr ? "обновится через " : "действует ещё ") + mmss(left)
-        : (qr ? "обновляем код…" : "код истёк — запросите новый");
-      var frame = nodes[i].closest(".pairing") && nodes[i].closest(".pairing").querySelector(".qr-frame");
-      if (frame) frame.classList.toggle("is-stale", left === 0);
-    }
+    for (var i = 0; i < nodes.length; i++) showCountdown(nodes[i]);
     salons.forEach(function (s, id) {
       var u = uiOf(id);
       if (u.waitingSince && Date.now() - u.waitingSince > STALL_MS && !u.stallShown) { u.stallShown = true; render(id); }

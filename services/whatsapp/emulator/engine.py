@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ class EmulatorEngine(AbstractWhatsAppEngine):
             self._live.pop(session_id, None)
             sink(UnreachableEvent(f"emulated WhatsApp server unreachable: {exc!r}"))
             return
-        self._run(live, session_id, sink, self._qr_flow(session_id, attempt_id, keys, sink, live))
+        self._run(live, session_id, sink, lambda: self._qr_flow(session_id, attempt_id, keys, sink, live))
 
     async def start_phone_pairing(self, session_id: str, attempt_id: str, phone: str, sink: EventSink) -> None:
         """Start an attempt and report one pairing code for ``phone``."""
@@ -118,7 +118,7 @@ class EmulatorEngine(AbstractWhatsAppEngine):
             self._live.pop(session_id, None)
             sink(UnreachableEvent(f"emulated WhatsApp server unreachable: {exc!r}"))
             return
-        self._run(live, session_id, sink, self._code_flow(session_id, attempt_id, phone, keys, sink, live))
+        self._run(live, session_id, sink, lambda: self._code_flow(session_id, attempt_id, phone, keys, sink, live))
 
     async def resume(self, session_id: str, sink: EventSink) -> None:
         """Connect with the stored credentials; report connected, or 401 when the server refuses the device."""
@@ -145,7 +145,7 @@ class EmulatorEngine(AbstractWhatsAppEngine):
             sink(UnreachableEvent(f"credential store unreachable: {exc!r}"))
             return
         sink(ConnectedEvent(result.phone or creds.get("phone")))
-        self._run(live, session_id, sink, self._watch(session_id, live, sink))
+        self._run(live, session_id, sink, lambda: self._watch(session_id, live, sink))
 
     async def pause(self, session_id: str) -> None:
         """Close the session's connection or attempt; credentials stay."""
@@ -185,10 +185,12 @@ class EmulatorEngine(AbstractWhatsAppEngine):
         self._live[session_id] = live
         return live
 
-    def _run(self, live: _Live, session_id: str, sink: EventSink, flow: Coroutine[Any, Any, None]) -> None:
+    def _run(
+        self, live: _Live, session_id: str, sink: EventSink, flow: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
         async def guarded() -> None:
             try:
-                await flow
+                await flow()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -90,9 +90,7 @@ class EmulatorServer(ABC):
         """Make ``payload`` the one valid QR of the attempt; None when the attempt is over (paired or replaced)."""
 
     @abstractmethod
-    async def issue_code(
-        self, session_id: str, attempt_id: str, code: str, phone: str, ttl_s: float
-    ) -> Issued | None:
+    async def issue_code(self, session_id: str, attempt_id: str, code: str, phone: str, ttl_s: float) -> Issued | None:
         """Make ``code`` the valid pairing code for ``phone``; None when the attempt is over."""
 
     @abstractmethod
@@ -193,9 +191,7 @@ class PostgresEmulatorServer(EmulatorServer):
         )
         return None if expires is None else Issued(payload, expires)
 
-    async def issue_code(
-        self, session_id: str, attempt_id: str, code: str, phone: str, ttl_s: float
-    ) -> Issued | None:
+    async def issue_code(self, session_id: str, attempt_id: str, code: str, phone: str, ttl_s: float) -> Issued | None:
         """Make ``code`` the valid pairing code for ``phone``; None when the attempt is over."""
         expires = await self._issue(
             session_id,
@@ -373,7 +369,7 @@ class PostgresEmulatorServer(EmulatorServer):
             await db.execute(delete(pairings).where(pairings.c.session_id == session_id))
 
     async def request_drop(self, session_id: str, code: int) -> bool:
-        """Make the server end the open connection with ``code``; False when nothing is connected."""
+        """Make the server end the open connection with ``code``; False when nothing is connected (or ending)."""
         values: dict[str, Any] = {"pending_drop": code}
         if code in (401, 403):
             # The phone removed the device (or the account was banned): it can't connect again.
@@ -382,7 +378,11 @@ class PostgresEmulatorServer(EmulatorServer):
             row = (
                 await db.execute(
                     update(devices)
-                    .where(devices.c.session_id == session_id, devices.c.connection_owner.is_not(None))
+                    .where(
+                        devices.c.session_id == session_id,
+                        devices.c.connection_owner.is_not(None),
+                        devices.c.pending_drop.is_(None),
+                    )
                     .values(**values)
                     .returning(devices.c.session_id)
                 )
@@ -396,12 +396,8 @@ class PostgresEmulatorServer(EmulatorServer):
         """The server's record of the session (for tests and operators)."""
         async with self._sessionmaker() as db:
             device = (await db.execute(select(devices).where(devices.c.session_id == session_id))).mappings().first()
-            pairing = (
-                (await db.execute(select(pairings).where(pairings.c.session_id == session_id))).mappings().first()
-            )
-        return _describe(
-            dict(device) if device is not None else None, dict(pairing) if pairing is not None else None
-        )
+            pairing = (await db.execute(select(pairings).where(pairings.c.session_id == session_id))).mappings().first()
+        return _describe(dict(device) if device is not None else None, dict(pairing) if pairing is not None else None)
 
 
 def _describe(device: dict[str, Any] | None, pairing: dict[str, Any] | None) -> dict[str, Any]:
@@ -485,9 +481,7 @@ class InMemoryEmulatorServer(EmulatorServer):
         p.qr_payload, p.qr_expires_at = payload, self.clock() + timedelta(seconds=ttl_s)
         return Issued(payload, p.qr_expires_at)
 
-    async def issue_code(
-        self, session_id: str, attempt_id: str, code: str, phone: str, ttl_s: float
-    ) -> Issued | None:
+    async def issue_code(self, session_id: str, attempt_id: str, code: str, phone: str, ttl_s: float) -> Issued | None:
         """Make ``code`` the valid pairing code for ``phone``; None when the attempt is over."""
         await self._tick()
         p = self._open(session_id, attempt_id)
@@ -583,7 +577,7 @@ class InMemoryEmulatorServer(EmulatorServer):
         """Make the server end the open connection with ``code``; False when nothing is connected."""
         await self._tick()
         d = self.devices.get(session_id)
-        if d is None or d.connection_owner is None:
+        if d is None or d.connection_owner is None or d.pending_drop is not None:
             return False
         d.pending_drop = code
         if code in (401, 403):

@@ -464,3 +464,21 @@ async def test_logged_out_clears_the_link_unless_a_newer_connect_was_applied(
     row = await company(sessionmaker, salon)
     assert not row.whatsapp_connected and row.integration_status == "active"
     assert len(await events(sessionmaker, salon, "whatsapp_logged_out")) == 1
+
+
+async def test_a_replayed_message_activates_after_a_later_message_also_failed(
+    sessionmaker: Sessions, sandbox: httpx.AsyncClient, yclients: YClientsClient, settings: Settings
+) -> None:
+    salon = new_salon_id()
+    await add_company(sessionmaker, salon)
+    await fault(sandbox, "401", count=2)
+    first, clicked = connected(salon), manual(salon)
+    for msg in (first, clicked):
+        with pytest.raises(PermanentError):
+            await activate_salon(msg, uow=new_uow(sessionmaker), yclients=yclients, settings=settings)
+
+    # The operator replays the first message: it owns the new activation, the later one does not block it.
+    result = await activate_salon(first, uow=new_uow(sessionmaker), yclients=yclients, settings=settings)
+
+    assert result.outcome == "activated"
+    assert (await company(sessionmaker, salon)).integration_status == "active"

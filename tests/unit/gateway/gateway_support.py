@@ -8,11 +8,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import aio_pika
 import httpx
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from fastapi import FastAPI
@@ -21,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.app import create_app
 from services.gateway.options import GatewayOptions
-from shared.bus.broker import Broker
-from shared.bus.topology import EXCHANGE, declare_exchange
+from shared.bus.topology import declare_exchange
 from shared.config import Settings
 from shared.db.models import Company, WhatsAppSession
 from shared.messages import Message, decode, session_id_for
@@ -149,11 +146,6 @@ async def take_from_queue(
             await incoming.nack(requeue=True)
 
 
-async def publish_event(broker: Broker, msg: Message) -> None:
-    """Publish like a worker would (to the topic exchange, confirmed)."""
-    await broker.publish(msg)
-
-
 async def put_company(
     sessionmaker: async_sessionmaker[AsyncSession],
     salon_id: int,
@@ -181,17 +173,3 @@ async def put_session(
             insert(WhatsAppSession).values(**values).on_conflict_do_update(index_elements=["session_id"], set_=values)
         )
         await session.commit()
-
-
-def iso(dt: datetime) -> str:
-    """ISO text of a datetime, as the JSON API renders it."""
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-async def open_plain_channel(settings: Settings) -> tuple[aio_pika.abc.AbstractConnection, AbstractChannel]:
-    """A separate connection and channel (for spies that must outlive a broker fixture)."""
-    connection = await aio_pika.connect(settings.RABBITMQ_URL)
-    return connection, await connection.channel()
-
-
-__all__ = ["EXCHANGE"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.gateway.phone import InvalidPhone, normalize_phone
 from shared.bus.topology import WHATSAPP
 from shared.config import Settings
+from shared.db.models import ActivationAttempt
 from shared.messages import Message, RequestPairing
 from shared.tokens import issue_onboarding_token
 from tests.unit.gateway.gateway_support import new_salon_id, put_company, put_session, take_from_queue
@@ -22,7 +24,7 @@ def bearer(settings: Settings, *salon_ids: int) -> dict[str, str]:
     return {"Authorization": "Bearer " + issue_onboarding_token(list(salon_ids), secret=settings.JWT_SECRET)}
 
 
-def pairing_for(salon_id: int) -> object:
+def pairing_for(salon_id: int) -> Callable[[Message], bool]:
     def match(msg: Message) -> bool:
         return isinstance(msg, RequestPairing) and msg.data.session_id == f"company_{salon_id}"
 
@@ -40,9 +42,12 @@ async def test_qr_request_publishes_a_pairing_command_for_the_first_salon(
 
     assert response.status_code == 202
     assert response.json() == {
-        "session_id": f"company_{first}", "salon_id": first, "status": "pairing_requested", "mode": "qr"
+        "session_id": f"company_{first}",
+        "salon_id": first,
+        "status": "pairing_requested",
+        "mode": "qr",
     }
-    msg = await take_from_queue(channel, WHATSAPP.name, pairing_for(first))  # type: ignore[arg-type]
+    msg = await take_from_queue(channel, WHATSAPP.name, pairing_for(first))
     assert isinstance(msg, RequestPairing)
     assert msg.salon_id == first and msg.data.mode == "qr" and msg.data.phone is None
 
@@ -55,14 +60,16 @@ async def test_qr_request_for_another_salon_of_the_token_and_token_in_body(
     response = await client.post("/marketplace/api/qr", json={"salon_id": second, "token": token})
 
     assert response.status_code == 202 and response.json()["session_id"] == f"company_{second}"
-    await take_from_queue(channel, WHATSAPP.name, pairing_for(second))  # type: ignore[arg-type]
+    await take_from_queue(channel, WHATSAPP.name, pairing_for(second))
 
 
 async def test_a_token_may_act_only_on_its_own_salons(client: httpx.AsyncClient, settings: Settings) -> None:
     mine, other = new_salon_id(), new_salon_id()
     qr = await client.post("/marketplace/api/qr", json={"salon_id": other}, headers=bearer(settings, mine))
     code = await client.post(
-        "/marketplace/api/pairing-code", json={"salon_id": other, "phone": "79001234567"}, headers=bearer(settings, mine)
+        "/marketplace/api/pairing-code",
+        json={"salon_id": other, "phone": "79001234567"},
+        headers=bearer(settings, mine),
     )
     assert qr.status_code == 403 and qr.json()["error"] == "forbidden_salon"
     assert code.status_code == 403
@@ -102,7 +109,7 @@ async def test_pairing_code_request_carries_the_normalised_phone(
         "/marketplace/api/pairing-code", json={"phone": "+7 (900) 123-45-67"}, headers=bearer(settings, salon_id)
     )
     assert response.status_code == 202 and response.json()["mode"] == "phone"
-    msg = await take_from_queue(channel, WHATSAPP.name, pairing_for(salon_id))  # type: ignore[arg-type]
+    msg = await take_from_queue(channel, WHATSAPP.name, pairing_for(salon_id))
     assert isinstance(msg, RequestPairing)
     assert msg.data.mode == "phone" and msg.data.phone == "79001234567"
 
@@ -154,17 +161,19 @@ def test_phone_too_long_input_is_refused_before_parsing() -> None:
 async def test_a_body_over_the_limit_gets_413(client: httpx.AsyncClient, settings: Settings) -> None:
     big = b'{"phone": "' + b"1" * (settings.MAX_BODY_BYTES + 10) + b'"}'
     declared = await client.post(
-        "/marketplace/api/pairing-code", content=big, headers={**bearer(settings, 1), "Content-Type": "application/json"}
+        "/marketplace/api/pairing-code",
+        content=big,
+        headers={**bearer(settings, 1), "Content-Type": "application/json"},
     )
 
-    async def chunks() -> object:
+    async def chunks() -> AsyncIterator[bytes]:
         # No Content-Length: the limit must count the bytes as they arrive.
         for _ in range(settings.MAX_BODY_BYTES // 1024 + 2):
             yield b"1" * 1024
 
     streamed = await client.post(
         "/marketplace/api/pairing-code",
-        content=chunks(),  # type: ignore[arg-type]
+        content=chunks(),
         headers={**bearer(settings, 1), "Content-Type": "application/json"},
     )
     assert declared.status_code == 413 and declared.json()["error"] == "payload_too_large"
@@ -176,8 +185,9 @@ async def test_a_body_just_under_the_limit_is_read(client: httpx.AsyncClient, se
     body = b'{"phone": "79001234567", "pad": "' + b"x" * (settings.MAX_BODY_BYTES - 100) + b'"}'
     assert len(body) <= settings.MAX_BODY_BYTES
     response = await client.post(
-        "/marketplace/api/pairing-code", content=body, headers={**bearer(settings, new_salon_id()),
-                                                                 "Content-Type": "application/json"}
+        "/marketplace/api/pairing-code",
+        content=body,
+        headers={**bearer(settings, new_salon_id()), "Content-Type": "application/json"},
     )
     assert response.status_code == 202
 
@@ -247,8 +257,13 @@ async def test_state_shows_every_salon_in_token_order(
         "integration_status": None,
         "registered": False,
         "whatsapp": {
-            "session_id": f"company_{c}", "state": None, "phone": None, "qr": None, "pairing_code": None,
-            "last_error": None, "retrying": False,
+            "session_id": f"company_{c}",
+            "state": None,
+            "phone": None,
+            "qr": None,
+            "pairing_code": None,
+            "last_error": None,
+            "retrying": False,
         },
         "activation": {"status": None, "error": None},
     }
@@ -259,7 +274,10 @@ async def test_a_failed_activation_is_explained_in_plain_russian(
 ) -> None:
     salon_id = new_salon_id()
     await put_company(
-        sessionmaker, salon_id, title="Салон", status="activation_failed",
+        sessionmaker,
+        salon_id,
+        title="Салон",
+        status="activation_failed",
         last_error="YClientsAuthError: 401 Unauthorized {'meta': {'message': 'bad token'}}",
     )
     response = await client.get("/marketplace/api/state", headers=bearer(settings, salon_id))
@@ -288,3 +306,20 @@ async def test_status_is_seed_compatible_and_404_for_unknown_sessions(
     assert waiting.json() == {"connected": False, "status": "not_started"}
     assert missing.status_code == 404 and missing.json()["error"] == "unknown_session"
     assert [r.status_code for r in malformed] == [404] * 5
+
+
+async def test_the_latest_activation_attempt_decides_the_explanation(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    salon_id = new_salon_id()
+    await put_company(sessionmaker, salon_id, title="Салон", status="activation_failed")
+    async with sessionmaker() as session:
+        session.add_all(
+            [
+                ActivationAttempt(salon_id=salon_id, attempt=1, status_code=503, outcome="retry", error="busy"),
+                ActivationAttempt(salon_id=salon_id, attempt=2, status_code=422, outcome="permanent", error="bad"),
+            ]
+        )
+        await session.commit()
+    response = await client.get("/marketplace/api/state", headers=bearer(settings, salon_id))
+    assert "отклонил данные активации" in response.json()["salons"][0]["activation"]["error"]

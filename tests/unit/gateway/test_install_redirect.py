@@ -33,7 +33,9 @@ REDIRECT = "/auth/yclients/redirect"
 USER = {"id": 555001, "name": "Анна Смирнова", "phone": "79006464263", "email": "anna@salon.example"}
 
 
-def signed_user(settings: Settings, user: dict[str, object] = USER, *, urlsafe: bool = False, padding: bool = True) -> dict[str, str]:
+def signed_user(
+    settings: Settings, user: dict[str, object] = USER, *, urlsafe: bool = False, padding: bool = True
+) -> dict[str, str]:
     """`user_data` and `user_data_sign` as YClients sends them."""
     raw = json.dumps(user, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return {
@@ -174,8 +176,9 @@ async def test_neither_the_token_nor_the_signature_is_logged(
     fields = signed_user(settings)
     with caplog.at_level(logging.DEBUG):
         response = await redirect(client, [("salon_id", str(salon_id)), *fields.items()])
-        forged = await redirect(client, [("salon_id", str(salon_id)), ("user_data", fields["user_data"]),
-                                         ("user_data_sign", "0" * 64)])
+        forged = await redirect(
+            client, [("salon_id", str(salon_id)), ("user_data", fields["user_data"]), ("user_data_sign", "0" * 64)]
+        )
     assert response.status_code == 302 and forged.status_code == 403
     token = token_from_location(response.headers["location"])
     # httpx here is the test's own client (the service runs it at WARNING); everything else is the gateway side.
@@ -230,4 +233,8 @@ async def test_with_broker_and_database_down_the_admin_gets_a_503_page_with_a_re
     assert "попробуйте ещё раз через минуту" in response.text.lower()
     assert f'href="{REDIRECT}?salon_id={salon_id}"' in response.text
     assert healthz.status_code == 200
-    assert ready.status_code == 503 and ready.json()["checks"] == {"database": False, "broker": False, "live_hub": False}
+    assert ready.status_code == 503 and ready.json()["checks"] == {
+        "database": False,
+        "broker": False,
+        "live_hub": False,
+    }

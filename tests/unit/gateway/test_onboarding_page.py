@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -18,16 +19,16 @@ from tests.unit.gateway.gateway_support import new_salon_id, put_company, put_se
 PAGE = "/marketplace/onboarding"
 
 
-def token_for(settings: Settings, *salon_ids: int, **kwargs: object) -> str:
+def token_for(settings: Settings, *salon_ids: int, now: datetime | None = None) -> str:
     """An onboarding token as the redirect issues it."""
-    return issue_onboarding_token(list(salon_ids), secret=settings.JWT_SECRET, **kwargs)  # type: ignore[arg-type]
+    return issue_onboarding_token(list(salon_ids), secret=settings.JWT_SECRET, now=now)
 
 
-def initial_state(html: str) -> dict[str, object]:
+def initial_state(html: str) -> dict[str, Any]:
     """The snapshot the page embeds for its script."""
     found = re.search(r'<script type="application/json" id="initial-state">(.*?)</script>', html, re.S)
     assert found, "no initial state in the page"
-    state: dict[str, object] = json.loads(found.group(1))
+    state: dict[str, Any] = json.loads(found.group(1))
     return state
 
 
@@ -51,7 +52,7 @@ async def test_the_page_shows_each_salon_of_the_token_with_its_title(
     # The second salon is not registered yet: it shows its number and that registration is under way.
     assert f"Салон {second}" in html and "Регистрируем" in html
     state = initial_state(html)
-    salons = {s["salon_id"]: s for s in state["salons"]}  # type: ignore[index, union-attr]
+    salons = {s["salon_id"]: s for s in state["salons"]}
     assert salons[first]["registered"] is True and salons[first]["integration_status"] == "pending_whatsapp"
     assert salons[second]["registered"] is False
 
@@ -72,7 +73,7 @@ async def test_a_title_with_markup_is_escaped_everywhere(
     # The embedded JSON cannot close its <script> element either.
     assert "</script><img" not in html
     salons = initial_state(html)["salons"]
-    assert salons[0]["title"] == evil  # type: ignore[index]
+    assert salons[0]["title"] == evil
 
 
 async def test_the_page_carries_the_current_qr_as_svg(
@@ -83,13 +84,19 @@ async def test_the_page_carries_the_current_qr_as_svg(
     payload = "2@ref-one,bm9pc2U=,aWRlbnRpdHk=,YWR2"
     expires = datetime.now(UTC) + timedelta(seconds=50)
     await put_session(
-        sessionmaker, salon_id, state="pairing", qr_payload=payload, qr_seq=1, qr_max=6, qr_expires_at=expires,
+        sessionmaker,
+        salon_id,
+        state="pairing",
+        qr_payload=payload,
+        qr_seq=1,
+        qr_max=6,
+        qr_expires_at=expires,
         attempt_id="a1",
     )
 
     response = await client.get(PAGE, params={"token": token_for(settings, salon_id)})
 
-    qr = initial_state(response.text)["salons"][0]["whatsapp"]["qr"]  # type: ignore[index]
+    qr = initial_state(response.text)["salons"][0]["whatsapp"]["qr"]
     assert qr["payload"] == payload and qr["seq"] == 1 and qr["max"] == 6
     assert qr["svg"].startswith('<svg xmlns="http://www.w3.org/2000/svg"')
 

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency of the real services against references measured in the same run."""

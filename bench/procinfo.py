@@ -1,0 +1,44 @@
+"""Resident memory of a process and its children, from /proc (Linux)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    task_dir = PROC / str(pid) / "task"
+    try:
+        tasks = list(task_dir.iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def rss_bytes(pid: int, *, with_children: bool = True) -> int | None:
+    """VmRSS of `pid` (plus its descendants); None when the process is gone."""
+    try:
+        status = (PROC / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    total = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            total = int(line.split()[1]) * 1024
+            break
+    if with_children:
+        for child in _children(pid):
+            total += rss_bytes(child) or 0
+    return total
+
+
+def mib(value: int | None) -> float | None:
+    """Bytes as MiB."""
+    return None if value is None else value / (1024 * 1024)
