@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     full = not args.quick and chosen == list(BENCHES)
     target = args.out or (DOC if full else out_dir / "bench.md")
-    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(argv or sys.argv[1:]))
+    command = "python -m bench" + (
+        "" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(argv or sys.argv[1:])
+    )
     ctx = RunContext(sizes=sizes, out_dir=out_dir, profile=args.profile)
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = describe(ROOT, asyncio.run(_postgres_version()))

@@ -33,7 +33,10 @@ async def run(ctx: RunContext) -> BenchResult:
             "ours", LoadSpec(gateway.url + "/webhook/yclients", "POST", body, headers), gateway, ACTIVATION.name
         )
         ref = Side(
-            "reference", LoadSpec(reference.url + "/webhook/yclients", "POST", body, headers), reference, ACTIVATION.name
+            "reference",
+            LoadSpec(reference.url + "/webhook/yclients", "POST", body, headers),
+            reference,
+            ACTIVATION.name,
         )
         profiles = await head_to_head(env, [ref, ours], ctx, profile_side="ours")
         ctx.findings += [line for p in profiles for line in p.markdown()]
@@ -42,7 +45,7 @@ async def run(ctx: RunContext) -> BenchResult:
         f"Load: {tool} from its own process on 127.0.0.1, closed loop, {sizes.connections} keep-alive connections; "
         f"{sizes.rounds} rounds × ({sizes.warmup_s:g} s warm-up + {sizes.duration_s:g} s measured) per side, "
         "order reversed every round; figures are medians over the rounds.",
-        "Body: the YClients lifecycle webhook `{salon_id, application_id, event: \"payment\", partner_token}` "
+        'Body: the YClients lifecycle webhook `{salon_id, application_id, event: "payment", partner_token}` '
         "(valid token and application id), the same bytes to both sides.",
         "Ours: the gateway process as deployed (uvicorn, FastAPI, its middleware, JSON logs at INFO): validation, "
         "constant-time token check, `yclients.webhook_received` envelope, confirmed publish (outbox only if the "

@@ -48,7 +48,9 @@ async def run(ctx: RunContext) -> BenchResult:
     async with bench_env("B2", ctx) as env:
         sandbox = await asyncio.to_thread(env.start, "sandbox")
         gateway = await asyncio.to_thread(env.start, "gateway")
-        reference = await asyncio.to_thread(env.start_module, "ref-redirect", ["bench.reference", "redirect"], http=True)
+        reference = await asyncio.to_thread(
+            env.start_module, "ref-redirect", ["bench.reference", "redirect"], http=True
+        )
         seed = await asyncio.to_thread(env.start_module, "ref-seed", ["bench.reference", "seed"], http=True)
         query = redirect_query(SALON_ID, env.partner_token)
         ours = Side("ours", LoadSpec(f"{gateway.url}{path}?{query}"), gateway, REGISTRATION.name)

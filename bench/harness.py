@@ -66,10 +66,13 @@ class BenchEnv:
         return self.env["YCLIENTS_PARTNER_TOKEN"]
 
     def start(self, name: str, **env: str) -> ServiceProcess:
-        """Start a service (blocking until ready)."""
-        return self.stack.start(name, **env)
+        """Start a service with extra env (blocking until ready)."""
+        process: ServiceProcess = self.stack.start(name, **env)  # type: ignore[arg-type]
+        return process
 
-    def start_module(self, name: str, args: Sequence[str], *, http: bool, ready_line: str | None = None) -> ServiceProcess:
+    def start_module(
+        self, name: str, args: Sequence[str], *, http: bool, ready_line: str | None = None
+    ) -> ServiceProcess:
         """Start `python -m <args>` with this benchmark's env; wait for `/readyz` or for a line in its log."""
         port = free_port() if http else 0
         argv = [sys.executable, "-m", *args, *(["--port", str(port)] if http else [])]

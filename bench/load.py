@@ -104,7 +104,7 @@ def run_wrk(spec: LoadSpec, *, connections: int, duration: float, threads: int =
     try:
         done = subprocess.run(  # noqa: S603 - fixed argv, our own URL on 127.0.0.1
             [
-                "wrk",
+                shutil.which("wrk") or "wrk",
                 f"-t{threads}",
                 f"-c{connections}",
                 f"-d{max(1, round(duration))}s",
@@ -124,9 +124,7 @@ def run_wrk(spec: LoadSpec, *, connections: int, duration: float, threads: int =
     return parse_wrk(done.stdout + done.stderr)
 
 
-def run_generator(
-    spec: LoadSpec, *, connections: int, duration: float, rate: float | None = None
-) -> LoadResult:
+def run_generator(spec: LoadSpec, *, connections: int, duration: float, rate: float | None = None) -> LoadResult:
     """Our Python generator as a separate process: closed loop, or open loop at `rate` per second."""
     argv = [
         sys.executable,

@@ -23,7 +23,9 @@ from bench.stats import Summary
 RESULT_PREFIX = "BENCH_RESULT "
 
 
-def _requests(method: str, url: str, targets: list[str], body: bytes, headers: dict[str, str]) -> tuple[str, int, list[Request]]:
+def _requests(
+    method: str, url: str, targets: list[str], body: bytes, headers: dict[str, str]
+) -> tuple[str, int, list[Request]]:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80
@@ -32,7 +34,9 @@ def _requests(method: str, url: str, targets: list[str], body: bytes, headers: d
     return host, port, built
 
 
-async def closed_loop(host: str, port: int, requests: list[Request], connections: int, duration: float) -> dict[str, object]:
+async def closed_loop(
+    host: str, port: int, requests: list[Request], connections: int, duration: float
+) -> dict[str, object]:
     """`connections` clients, each sending its next request as soon as the previous one is answered."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -96,7 +100,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled, next(cycle))))
     # Bounded: whatever has not finished a while after the schedule ended counts as an error.
-    done, pending = await asyncio.wait(tasks, timeout=max(10.0, duration))
+    _, pending = await asyncio.wait(tasks, timeout=max(10.0, duration))
     for task in pending:
         task.cancel()
     errors += len(pending)

@@ -18,10 +18,11 @@ def _read(path: str) -> str:
 
 
 def _run(argv: list[str]) -> str:
-    if shutil.which(argv[0]) is None:
+    exe = shutil.which(argv[0])
+    if exe is None:
         return "not installed"
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
+        done = subprocess.run([exe, *argv[1:]], capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "unknown"
@@ -52,8 +53,11 @@ def load_average() -> str:
 def git_revision(root: Path) -> str:
     """The commit checked out, and whether the tree has changes (read-only git calls)."""
     head = _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(  # noqa: S603
-        ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=30, check=False  # noqa: S607
+    git = shutil.which("git")
+    if git is None:
+        return head
+    dirty = subprocess.run(  # noqa: S603 - read-only
+        [git, "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=30, check=False
     ).stdout.strip()
     return f"{head}{' with uncommitted changes' if dirty else ''}"
 

@@ -99,10 +99,15 @@ def summarise(raw: str, *, label: str, root: str, expected: int = 0) -> ProfileS
 def _plumbing(name: str) -> bool:
     """Frames every sample passes through (interpreter start, the event loop itself): no information."""
     pkg, _, func = name.partition(": ")
-    return pkg.startswith("<frozen") or func in ("<module>", "main") or (
-        pkg == "stdlib asyncio"
-        and func.split(".")[-1] in ("run", "run_forever", "_run_once", "run_until_complete", "_run")
-    ) or name in ("shared.runtime: run_until_signalled", "shared.worker: worker_main")
+    return (
+        pkg.startswith("<frozen")
+        or func in ("<module>", "main")
+        or (
+            pkg == "stdlib asyncio"
+            and func.split(".")[-1] in ("run", "run_forever", "_run_once", "run_until_complete", "_run")
+        )
+        or name in ("shared.runtime: run_until_signalled", "shared.worker: worker_main")
+    )
 
 
 class Profiler:
@@ -160,6 +165,4 @@ class Profiler:
             return None
         if not path.exists():
             return None
-        return summarise(
-            path.read_text(errors="replace"), label=label, root=root, expected=int(duration_s * self.rate)
-        )
+        return summarise(path.read_text(errors="replace"), label=label, root=root, expected=int(duration_s * self.rate))

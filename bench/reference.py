@@ -93,7 +93,14 @@ def _verified_user(request: Request, partner_token: bytes) -> tuple[int, dict[st
 def _onboarding(salon_id: int, secret: str) -> Response:
     now = int(time.time())
     token = jwt.encode(
-        {"iss": "yclients-whatsapp-marketplace", "aud": "onboarding", "sub": str(salon_id), "salon_ids": [salon_id], "iat": now, "exp": now + 3600},
+        {
+            "iss": "yclients-whatsapp-marketplace",
+            "aud": "onboarding",
+            "sub": str(salon_id),
+            "salon_ids": [salon_id],
+            "iat": now,
+            "exp": now + 3600,
+        },
         secret,
         algorithm="HS256",
     )
@@ -203,7 +210,7 @@ def create_app(kind: str, env: dict[str, str]) -> FastAPI:
 
 async def _serve(kind: str, port: int, stop: asyncio.Event) -> None:
     app = create_app(kind, dict(os.environ))
-    await serve_until(http_server(app, host="127.0.0.1", port=port), stop)  # type: ignore[arg-type]
+    await serve_until(http_server(app, host="127.0.0.1", port=port), stop)
 
 
 def main() -> None:

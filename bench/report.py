@@ -28,6 +28,8 @@ def summary_rows(results: Sequence[BenchResult]) -> list[list[str]]:
         if r.error is not None:
             rows.append([r.key, r.title, "—", "—", f"error: {r.error}"])
             continue
+        if not r.checks:
+            rows.append([r.key, r.title, "—", "—", "figures only (below)"])
         for c in r.checks:
             shown = "—" if c.value is None else fmt(c.value) + ("" if c.unit == "×" else f" {c.unit}")
             rows.append([r.key, c.name, shown, c.target_text, c.verdict])
@@ -67,7 +69,12 @@ def render(
         if r.method:
             out += ["How it was measured:", "", *[f"- {m}" for m in r.method], ""]
         if r.figures:
-            out += [*table(["figure", "value", "unit", "note"], [[f.name, fmt(f.value), f.unit, f.note] for f in r.figures]), ""]
+            out += [
+                *table(
+                    ["figure", "value", "unit", "note"], [[f.name, fmt(f.value), f.unit, f.note] for f in r.figures]
+                ),
+                "",
+            ]
         if r.checks:
             rows = [
                 [c.name, "—" if c.value is None else fmt(c.value), c.target_text, c.verdict, c.note] for c in r.checks

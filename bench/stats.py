@@ -42,7 +42,9 @@ class Summary:
         """Summarise samples."""
         if not samples:
             return cls(0, None, None, None, None)
-        return cls(len(samples), percentile(samples, 50), percentile(samples, 99), max(samples), sum(samples) / len(samples))
+        return cls(
+            len(samples), percentile(samples, 50), percentile(samples, 99), max(samples), sum(samples) / len(samples)
+        )
 
 
 @dataclass(frozen=True)

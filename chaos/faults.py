@@ -50,9 +50,7 @@ class ProxyOutage:
 
 async def run_command(*argv: str) -> None:
     """Run a command, failing on a non-zero exit or after two minutes."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=_COMMAND_TIMEOUT_S)
     except TimeoutError:

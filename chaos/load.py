@@ -132,12 +132,14 @@ class Watcher:
             )
             self.statuses.update({int(r.yclients_id): r.integration_status for r in companies})
             rows = await session.execute(
-                select(WhatsAppSession.salon_id, WhatsAppSession.state, WhatsAppSession.qr_payload,
-                       WhatsAppSession.attempt_id).where(WhatsAppSession.salon_id.in_(ids))
+                select(
+                    WhatsAppSession.salon_id,
+                    WhatsAppSession.state,
+                    WhatsAppSession.qr_payload,
+                    WhatsAppSession.attempt_id,
+                ).where(WhatsAppSession.salon_id.in_(ids))
             )
-            self.sessions.update(
-                {int(r.salon_id): SessionView(r.state, r.qr_payload, r.attempt_id) for r in rows}
-            )
+            self.sessions.update({int(r.salon_id): SessionView(r.state, r.qr_payload, r.attempt_id) for r in rows})
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -248,9 +250,9 @@ class Client:
         response = await self.call(op, send, self.gateways, ok=(302,))
         if response is None:
             return None
-        token = parse_qs(urlsplit(response.headers.get("location", "")).query).get("token", [None])[0]
+        tokens = parse_qs(urlsplit(response.headers.get("location", "")).query).get("token", [])
         op.ack(response.status_code)
-        return token
+        return tokens[0] if tokens else None
 
     async def request_qr(self, salon_id: int, token: str) -> bool:
         """The onboarding page asks for a QR code."""

@@ -174,7 +174,16 @@ class Row:
     dead_lettered: int
     ok: bool
 
-    HEADERS: ClassVar[tuple[str, ...]] = ("scenario", "sent", "acknowledged", "applied", "duplicate effects", "lost", "dead-lettered", "result")
+    HEADERS: ClassVar[tuple[str, ...]] = (
+        "scenario",
+        "sent",
+        "acknowledged",
+        "applied",
+        "duplicate effects",
+        "lost",
+        "dead-lettered",
+        "result",
+    )
 
     def cells(self) -> tuple[str, ...]:
         """The row as table cells."""

@@ -31,6 +31,7 @@ from shared.db.models import Company, MarketplaceEvent, OutboxMessage, WhatsAppS
 log = logging.getLogger(__name__)
 DEAD_QUEUES = ("registration", "whatsapp", "activation")
 POLL_S = 2.0
+CALLBACK_PATH = "/marketplace/partner/callback"
 
 
 async def _database_facts(world: World, ids: list[int], obs: Observed) -> None:
@@ -87,7 +88,9 @@ def _salon_of_call(call: dict[str, Any]) -> int | None:
 
 async def _sandbox_facts(world: World, ids: set[int], obs: Observed) -> None:
     assert world.http is not None
-    calls = await world.http.get(f"{world.sandbox_url}/__sandbox/calls", params={"path": "/marketplace/partner/callback"})
+    calls = await world.http.get(
+        f"{world.sandbox_url}/__sandbox/calls", params={"path": "/marketplace/partner/callback"}
+    )
     calls.raise_for_status()
     obs.callbacks = [
         CallbackFact(salon_id, c.get("status"))
@@ -116,9 +119,7 @@ async def dead_facts(world: World, ids: set[int]) -> list[DeadFact]:
             parked = await list_dead(world.broker, queue)
         except DeadQueueMissing:
             continue
-        found.extend(
-            DeadFact(queue, d.salon_id, d.type, d.message_id, d.reason) for d in parked if d.salon_id in ids
-        )
+        found.extend(DeadFact(queue, d.salon_id, d.type, d.message_id, d.reason) for d in parked if d.salon_id in ids)
     return found
 
 

@@ -36,6 +36,8 @@ class ScenarioResult:
     evaluation: Evaluation
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Scenario-specific figures (kills, answers during an outage, exit times ...) for tests and notes.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -100,9 +102,7 @@ class Run:
 
     async def wait_active(self, salon_ids: Sequence[int], timeout: float) -> int:
         """How many of the salons reached `active` within `timeout`."""
-        results = await asyncio.gather(
-            *(self.watcher.wait_status(s, ("active",), timeout) for s in salon_ids)
-        )
+        results = await asyncio.gather(*(self.watcher.wait_status(s, ("active",), timeout) for s in salon_ids))
         return sum(1 for r in results if r is not None)
 
     async def drain(self) -> Drained:
@@ -118,7 +118,8 @@ class Run:
         notes = [
             f"{journeys} salon journeys, {self.history.attempts()} requests in all (retries included); "
             f"{unfinished} journey(s) cut at the load deadline.",
-            "per operation — " + "; ".join(
+            "per operation — "
+            + "; ".join(
                 f"{kind}: sent {t.sent}, acked {t.acknowledged}, applied {t.applied}, lost {t.lost}"
                 for kind in OP_KINDS
                 if (t := ev.tallies[kind]).sent
@@ -144,10 +145,15 @@ class Run:
         ):
             if items:
                 notes.append(f"{label}: {len(items)} — " + "; ".join(items[:10]))
-        problems = self.world.log_problems()
-        if problems:
+        ours, library = self.world.log_problems()
+        if ours:
             notes.append(
-                "service log lines at ERROR or with a traceback: "
-                + ", ".join(f"{name} {count}" for name, count in problems.items())
+                "service log lines at ERROR or with a traceback (our code): "
+                + ", ".join(f"{name} {count}" for name, count in ours.items())
+            )
+        if library:
+            notes.append(
+                f"{sum(library.values())} ERROR line(s) from aio-pika/aiormq about cut connections "
+                "(the client library's reconnect callbacks; no effect on the counts above)."
             )
         return notes

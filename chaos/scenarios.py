@@ -78,7 +78,9 @@ async def _finish(
     drained = await run.drain()
     drained.evaluation.anomalies.extend(broken or [])
     row = drained.evaluation.row(key, dead_lettered=dead_before)
-    return ScenarioResult(key, title, row, drained.evaluation, notes + run.notes(drained), time.monotonic() - run.started)
+    return ScenarioResult(
+        key, title, row, drained.evaluation, notes + run.notes(drained), time.monotonic() - run.started
+    )
 
 
 # ---- R1 ---------------------------------------------------------------------------------------------------
@@ -86,41 +88,58 @@ async def _finish(
 
 async def r1_sigkill(world: World, options: Options) -> ScenarioResult:
     """SIGKILL each worker type repeatedly during the load, and one of the two gateways."""
-    salons = world.new_salons(_size(options, 8, 40))
+    salons = world.new_salons(_size(options, 10, 60))
     rng = random.Random(options.seed)
     plans = make_plans(salons, Mix(), rng)
-    kills: Counter[str] = Counter()
     roles = [r for r in ("registration", "activation", "whatsapp", "gateway") if r in world.roles()]
+    rounds = _size(options, 1, 3)
+    timeline: list[str] = []
 
     async with Run(world, timing=options.timing, seed=options.seed) as run:
         done = asyncio.Event()
 
+        restarting: dict[str, asyncio.Task[None]] = {}
+
+        async def bring_back(role: str, index: int, killed_at: float) -> None:
+            await asyncio.sleep(rng.uniform(0.3, 1.2))
+            await world.restart(role, index)
+            back = time.monotonic() - run.started
+            timeline.append(f"{role}#{index + 1} at {killed_at:.0f} s (ready again at {back:.0f} s)")
+
         async def killer() -> None:
             await asyncio.sleep(1.0)
             turn = 0
-            # Every role at least once even in the short form; then until the load ends.
-            while not done.is_set() or turn < len(roles):
+            # Every role `rounds` times at least, and on until the load ends; a role whose last victim is
+            # still starting is skipped, so one gateway always answers.
+            while not done.is_set() or turn < rounds * len(roles):
                 role = roles[turn % len(roles)]
+                pending = restarting.get(role)
+                if pending is not None and not pending.done():
+                    await asyncio.sleep(0.2)
+                    continue
                 turn += 1
                 index = rng.randrange(len(world.procs[role]))
                 await world.kill(role, index)
-                kills[role] += 1
-                await asyncio.sleep(rng.uniform(0.3, 1.2))
-                await world.restart(role, index)
-                await _until(done, rng.uniform(0.5, 2.0) if options.short else rng.uniform(1.0, 3.0))
+                restarting[role] = asyncio.create_task(bring_back(role, index, time.monotonic() - run.started))
+                await _until(done, rng.uniform(0.5, 1.5) if options.short else rng.uniform(1.0, 2.5))
+            await asyncio.gather(*restarting.values())
 
         chaos = asyncio.create_task(killer())
-        await run.load(plans, spacing_s=0.5 if options.short else 0.75)
+        await run.load(plans, spacing_s=_size(options, 12, 45) / len(plans))
         done.set()
         await chaos
         await world.restart_all()
+        retried = [op for op in run.history.ops if op.attempts > 1]
         notes = [
-            "killed with SIGKILL and restarted: "
-            + ", ".join(f"{role} ×{kills[role]}" for role in roles)
-            + f" (instances: {', '.join(f'{r} {len(world.procs[r])}' for r in roles)}); "
-            "requests without an answer were retried on the other gateway / phone endpoint."
+            f"{len(timeline)} SIGKILLs, each instance restarted at once on its port: " + ", ".join(timeline) + ".",
+            f"instances: {', '.join(f'{r} ×{len(world.procs[r])}' for r in roles)}; "
+            f"{len(retried)} operation(s) needed more than one attempt "
+            f"(most: {max((op.attempts for op in retried), default=1)}), retried on the other gateway / phone.",
         ]
-        return await _finish(run, "R1", "SIGKILL workers and a gateway under load", notes)
+        result = await _finish(run, "R1", "SIGKILL workers and a gateway under load", notes)
+        result.metrics = {"kills": len(timeline), "retried_ops": len(retried)}
+        result.metrics.update({f"kills_{role}": sum(t.startswith(role + "#") for t in timeline) for role in roles})
+        return result
 
 
 # ---- R2 ---------------------------------------------------------------------------------------------------
@@ -176,7 +195,9 @@ async def r2_broker_outage(world: World, options: Options) -> ScenarioResult:
             f"the outbox held {held} message(s) when the broker came back; "
             f"{len(fresh)} new installs started during the outage."
         ]
-        return await _finish(run, "R2", "RabbitMQ gone during webhook ingest", notes)
+        result = await _finish(run, "R2", "RabbitMQ gone during webhook ingest", notes)
+        result.metrics = {"webhooks_answered_during_outage": len(during), "outbox_at_recovery": held}
+        return result
 
 
 # ---- R3 ---------------------------------------------------------------------------------------------------
@@ -277,8 +298,8 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
         async def burst_429() -> None:
             nonlocal bursts
             added_401 = False
-            while not await _until(done, rng.uniform(2.0, 4.0)):
-                await add_sandbox_fault(world, endpoint="*", mode="429", count=rng.randint(5, 12))
+            while not await _until(done, rng.uniform(4.0, 8.0)):
+                await add_sandbox_fault(world, endpoint="*", mode="429", count=rng.randint(3, 6))
                 bursts += 1
                 if not added_401:
                     # Not the first callbacks: a subset in the middle of the load is refused for good.
@@ -300,23 +321,29 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
             with contextlib.suppress(DeadQueueMissing):
                 report = await move_dead(world.broker, queue, select=selector(salons=salons), dry_run=False)
                 moved += len(report.moved)
+        parked = "; ".join(f"{d.type} salon {d.salon_id}: {d.reason[:120]}" for d in before.evaluation.dead)
         notes = [
             "sandbox faults on every YClients endpoint: 5xx p=0.3, timeouts p=0.1 (4 s, the client gives up at 2 s), "
-            f"lost 201 answers on the callback p=0.05, {bursts} bursts of 5–12 × 429 on top of the 5 rps limit; "
+            f"lost 201 answers on the callback p=0.05, {bursts} bursts of 3–6 × 429 on top of the 5 rps limit; "
             f"{permanent} callback(s) answered 401 (permanent).",
             f"before the replay: {dead_before} message(s) in `.dead` "
-            f"({', '.join(f'{d.type} salon {d.salon_id}' for d in before.evaluation.dead) or 'none'}), "
+            f"({parked or 'none'}), "
             f"{before.evaluation.pending} acknowledged operation(s) not applied outside them; "
             f"faults cleared, `shared.bus.replay.move_dead` moved {moved} message(s) back.",
         ]
         broken = []
         if dead_before < permanent:
-            broken.append(f"expected at least {permanent} dead-lettered activation(s) before the replay, found {dead_before}")
+            broken.append(
+                f"expected at least {permanent} dead-lettered activation(s) before the replay, found {dead_before}"
+            )
         result = await _finish(
             run, "R5", "YClients faults, permanent failures replayed", notes, broken=broken, dead_before=dead_before
         )
+        result.metrics = {"dead_before_replay": dead_before, "replayed": moved, "bursts_429": bursts}
         if result.evaluation.dead:
-            result.evaluation.anomalies.append(f"{len(result.evaluation.dead)} message(s) still in `.dead` after the replay")
+            result.evaluation.anomalies.append(
+                f"{len(result.evaluation.dead)} message(s) still in `.dead` after the replay"
+            )
             result.row = result.evaluation.row("R5", dead_lettered=dead_before)
         return result
 
@@ -358,7 +385,9 @@ async def r6_sigterm(world: World, options: Options) -> ScenarioResult:
             f"{e.name}:{e.port} did not exit cleanly within {MAX_EXIT_S:.0f} s ({e.seconds:.1f} s, code {e.code})"
             for e in slow
         ]
-        return await _finish(run, "R6", "SIGTERM every service under load", notes, broken=broken)
+        result = await _finish(run, "R6", "SIGTERM every service under load", notes, broken=broken)
+        result.metrics = {"slowest_exit_s": max(e.seconds for e in exits), "processes": len(exits)}
+        return result
 
 
 Scenario = Callable[[World, Options], Awaitable[ScenarioResult]]

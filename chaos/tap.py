@@ -31,7 +31,7 @@ def published_fact(body: bytes, message_id: str | None = None) -> PublishedFact 
         return None
     if not isinstance(raw, dict):
         return None
-    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
     salon_id = raw.get("salon_id")
     if not isinstance(salon_id, int):
         salon_id = data.get("salon_id") if isinstance(data.get("salon_id"), int) else None
@@ -63,7 +63,7 @@ class Tap:
             self.url, client_properties={"connection_name": "chaos-tap"}, timeout=10
         )
         channel = await self._connection.channel()
-        self._channel = channel  # type: ignore[assignment]
+        self._channel = channel
         await channel.set_qos(prefetch_count=500)
         await declare_exchange(channel)
         queue = await channel.declare_queue(TAP_QUEUE, durable=True)

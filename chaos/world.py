@@ -255,9 +255,7 @@ class World:
 
     async def restart_all(self) -> None:
         """Start every service instance that is not running, in parallel."""
-        dead = [
-            (role, i) for role in self.roles() for i, p in enumerate(self.procs[role]) if p.proc.poll() is not None
-        ]
+        dead = [(role, i) for role in self.roles() for i, p in enumerate(self.procs[role]) if p.proc.poll() is not None]
         await asyncio.gather(*(self.restart(role, i) for role, i in dead))
 
     # -- addresses and helpers ---------------------------------------------------------------------------
@@ -306,14 +304,21 @@ class World:
                 total += int(parts[1])
         return total
 
-    def log_problems(self) -> dict[str, int]:
-        """ERROR lines and tracebacks per service log of this world so far."""
-        counts: dict[str, int] = {}
+    def log_problems(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Per service log: ERROR lines (or tracebacks) of our code, and those of the AMQP client library."""
+        ours: dict[str, int] = {}
+        library: dict[str, int] = {}
         for path in sorted(Path(self.log_dir).glob("*.log")):
-            bad = sum(1 for line in path.read_text(errors="replace").splitlines() if _is_problem(line))
-            if bad:
-                counts[path.name] = bad
-        return counts
+            for line in path.read_text(errors="replace").splitlines():
+                if not _is_problem(line):
+                    continue
+                target = library if any(f'"logger": "{lib}' in line for lib in _LIBRARY_LOGGERS) else ours
+                target[path.name] = target.get(path.name, 0) + 1
+        return ours, library
+
+
+# aio-pika and aiormq log their own reconnect callbacks at ERROR when a connection is cut.
+_LIBRARY_LOGGERS = ("aio_pika", "aiormq")
 
 
 def _is_problem(line: str) -> bool:

@@ -133,8 +133,9 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         return json_error(503, "unavailable", message, {"Retry-After": "30"})
 
-    async def on_database_error(request: Request, exc: Exception) -> Response:
-        log.error("database unavailable", extra={"error": repr(exc), "path": request.url.path})
+    async def on_dependency_error(request: Request, exc: Exception) -> Response:
+        # PostgreSQL (or another dependency) did not answer: asyncpg raises OSError for a refused connection.
+        log.error("dependency unavailable", extra={"error": repr(exc), "path": request.url.path})
         return await on_unavailable(request, exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -155,5 +156,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Unavailable, on_unavailable)
-    app.add_exception_handler(SQLAlchemyError, on_database_error)
+    app.add_exception_handler(SQLAlchemyError, on_dependency_error)
+    app.add_exception_handler(OSError, on_dependency_error)
     app.add_exception_handler(Exception, on_unexpected)

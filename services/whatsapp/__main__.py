@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -9,6 +10,7 @@ import time
 from services.whatsapp import commands
 from services.whatsapp.auth_store import PostgresAuthStore
 from services.whatsapp.commands import record_command
+from services.whatsapp.db import IO_SLOTS, RUNNER_SLOTS
 from services.whatsapp.emulator import server as emulator_server
 from services.whatsapp.emulator.engine import EmulatorEngine
 from services.whatsapp.emulator.routes import emulator_router
@@ -21,6 +23,7 @@ from services.whatsapp.runner import RunnerDeps
 from services.whatsapp.settings import WhatsAppSettings
 from shared.bus.consumer import Delivery
 from shared.bus.topology import WHATSAPP
+from shared.db.session import make_engine, make_sessionmaker
 from shared.db.uow import UnitOfWork
 from shared.messages import Message, RequestLogout, RequestPairing, RequestPause
 from shared.worker import WorkerContext, WorkerParts, worker_main
@@ -44,7 +47,8 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
     """Wire the engine, the session pool, the listener and the command handlers."""
     wa = WhatsAppSettings()
     worker_id = make_worker_id()
-    auth = PostgresAuthStore(ctx.sessionmaker)
+    io_slots = asyncio.Semaphore(IO_SLOTS)
+    auth = PostgresAuthStore(ctx.sessionmaker, slots=io_slots)
     built = build_engine(
         ctx.settings.WHATSAPP_ENGINE,
         wa=wa,
@@ -52,7 +56,10 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
         sessionmaker=ctx.sessionmaker,
         auth=auth,
         worker_id=worker_id,
+        io_slots=io_slots,
     )
+    # The lease loop gets connections of its own: thousands of busy sessions must never delay renewals.
+    lease_engine = make_engine(ctx.settings.DATABASE_URL, pool_size=1)
 
     async def publish(uow: UnitOfWork) -> None:
         try:
@@ -70,10 +77,11 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
         publish=publish,
         rng=random.Random(),
         clock=time.monotonic,
+        slots=asyncio.Semaphore(RUNNER_SLOTS),
     )
     pool = SessionPool(
         deps,
-        ctx.sessionmaker,
+        make_sessionmaker(lease_engine),
         PoolConfig(lease_s=wa.LEASE_S, check_s=wa.LEASE_CHECK_S, claim_batch=wa.CLAIM_BATCH),
     )
     listener = PgListener(ctx.settings.DATABASE_URL)
@@ -99,7 +107,7 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
         handlers={RequestPairing: on_command, RequestPause: on_command, RequestLogout: on_command},
         router=emulator_router(built.server) if built.server is not None else None,
         background=[listener.run, pool.run],
-        on_stop=[pool.shutdown],
+        on_stop=[pool.shutdown, lease_engine.dispose],
     )
 
 

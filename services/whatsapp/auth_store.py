@@ -8,6 +8,7 @@ the caller's transaction when one is given, so "state logged_out" and "credentia
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.whatsapp.db import open_db
 from shared.db.models import WhatsAppAuth
 
 CREDS = ("creds", "")
@@ -61,12 +63,15 @@ class AuthStore(ABC):
 class PostgresAuthStore(AuthStore):
     """``whatsapp_auth`` rows; the ``whatsapp_sessions`` row must exist (foreign key)."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], *, slots: asyncio.Semaphore | None = None
+    ) -> None:
         self._sessionmaker = sessionmaker
+        self._slots = slots
 
     async def load(self, session_id: str) -> StoredAuth | None:
         """The session's credentials, or None when it has none."""
-        async with self._sessionmaker() as db:
+        async with open_db(self._sessionmaker, self._slots, begin=False) as db:
             rows = (await db.execute(select(WhatsAppAuth).where(WhatsAppAuth.session_id == session_id))).scalars()
             creds: bytes | None = None
             engine = ""
@@ -82,7 +87,7 @@ class PostgresAuthStore(AuthStore):
 
     async def exists(self, session_id: str) -> bool:
         """True when the session has a ``creds`` row."""
-        async with self._sessionmaker() as db:
+        async with open_db(self._sessionmaker, self._slots, begin=False) as db:
             found = await db.execute(
                 select(WhatsAppAuth.session_id).where(
                     WhatsAppAuth.session_id == session_id, WhatsAppAuth.kind == CREDS[0], WhatsAppAuth.key_id == ""
@@ -108,7 +113,7 @@ class PostgresAuthStore(AuthStore):
                 deletes.append((kind, key_id))
             else:
                 upserts.append({"kind": kind, "key_id": key_id, "value": value})
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             if upserts:
                 stmt = insert(WhatsAppAuth).values([{"session_id": session_id, "engine": engine, **u} for u in upserts])
                 await db.execute(
@@ -130,7 +135,7 @@ class PostgresAuthStore(AuthStore):
         stmt = delete(WhatsAppAuth).where(WhatsAppAuth.session_id == session_id)
         if db is not None:
             return (await db.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
-        async with self._sessionmaker() as own, own.begin():
+        async with open_db(self._sessionmaker, self._slots) as own:
             return (await own.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,10 +40,11 @@ def build_engine(
     sessionmaker: async_sessionmaker[AsyncSession],
     auth: AuthStore,
     worker_id: str,
+    io_slots: asyncio.Semaphore | None = None,
 ) -> BuiltEngine:
     """The engine for ``kind`` (``emulator`` or ``neonize``)."""
     if kind == "emulator":
-        server = PostgresEmulatorServer(sessionmaker)
+        server = PostgresEmulatorServer(sessionmaker, slots=io_slots)
         return BuiltEngine(EmulatorEngine(server, auth, emulator_timings(wa), owner=worker_id), server)
     if kind == "neonize":
         # Fail at start-up, clearly, when the optional dependency is missing.

@@ -101,7 +101,10 @@ def _sqlite_has_device(path: str, jid: str) -> bool:
     path = path.removeprefix("file:").split("?", 1)[0]
     with contextlib.closing(sqlite3.connect(path)) as db:
         table = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='whatsmeow_device'").fetchone()
-        return table is not None and db.execute("SELECT 1 FROM whatsmeow_device WHERE jid = ?", (jid,)).fetchone() is not None
+        return (
+            table is not None
+            and db.execute("SELECT 1 FROM whatsmeow_device WHERE jid = ?", (jid,)).fetchone() is not None
+        )
 
 
 def _jid_string(jid: Any) -> str:

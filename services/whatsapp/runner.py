@@ -67,6 +67,8 @@ class RunnerDeps:
     publish: Callable[[UnitOfWork], Awaitable[None]]
     rng: random.Random
     clock: Callable[[], float]
+    # Runner steps in flight at once (services/whatsapp/db.py); None: unbounded (tests of a few sessions).
+    slots: asyncio.Semaphore | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ class SessionRunner:
     async def _step(self, fn: Callable[[], Awaitable[None]]) -> None:
         for attempt in range(1, STEP_ATTEMPTS + 1):
             try:
-                await fn()
+                async with self.d.slots or contextlib.nullcontext():
+                    await fn()
                 return
             except LostOwnership:
                 log.info("session taken over by another worker; closing here")

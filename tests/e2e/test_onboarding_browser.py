@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -285,4 +286,23 @@ class TestStates:
         await page.screenshot(path=str(SCREENSHOTS / "onboarding-active.png"), full_page=True)
 
         await page.wait_for_url(f"{page_stack.url('sandbox')}/marketplace", timeout=20_000)
+        await ctx.close()
+
+    async def test_an_expired_link_explains_what_to_do(
+        self, page_stack: Stack, browser: Browser, test_env: dict[str, str]
+    ) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        token = issue_onboarding_token(
+            [next(_salon_ids)],
+            secret=SecretStr(test_env["JWT_SECRET"]),
+            now=datetime.now(UTC) - timedelta(hours=2),
+        )
+        ctx = await browser.new_context(locale="ru-RU", viewport={"width": 390, "height": 844}, is_mobile=True)
+        page = await ctx.new_page()
+        response = await page.goto(f"{page_stack.url('gateway')}/marketplace/onboarding?token={token}")
+        assert response is not None and response.status == 401
+        assert await page.locator("h1").inner_text() == "Ссылка устарела"
+        back = page.get_by_role("link", name="Открыть YClients")
+        assert await back.get_attribute("href") == page_stack.url("sandbox") + "/marketplace"
+        await page.screenshot(path=str(SCREENSHOTS / "error-expired-phone.png"), full_page=True)
         await ctx.close()

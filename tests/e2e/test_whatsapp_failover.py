@@ -26,11 +26,17 @@ LEASE_S, CHECK_S = 3.0, 1.0
 # The bound the design promises, plus what a resume and our polling take.
 TAKEOVER_BOUND_S = LEASE_S + CHECK_S
 SLACK_S = 1.5
-WORKER_ENV = {
-    "WHATSAPP_LEASE_S": str(LEASE_S),
-    "WHATSAPP_LEASE_CHECK_S": str(CHECK_S),
-    "WHATSAPP_EMULATOR_QR_FIRST_S": "20",
-}
+
+
+def start_worker(stack: Stack, *, port: int | None = None) -> ServiceProcess:
+    """A whatsapp worker with the short lease (and QRs that live long enough not to matter)."""
+    return stack.start(
+        "whatsapp",
+        port=port,
+        WHATSAPP_LEASE_S=str(LEASE_S),
+        WHATSAPP_LEASE_CHECK_S=str(CHECK_S),
+        WHATSAPP_EMULATOR_QR_FIRST_S="20",
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,8 +93,8 @@ async def connected_in(sessionmaker: async_sessionmaker[AsyncSession], worker: S
 async def test_sigkill_of_the_owner_moves_its_sessions_to_the_other_worker_without_a_scan(
     stack: Stack, publisher: Broker, tap: EventTap, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    first = stack.start("whatsapp", **WORKER_ENV)
-    second = stack.start("whatsapp", port=free_port(), **WORKER_ENV)
+    first = start_worker(stack)
+    second = start_worker(stack, port=free_port())
     sessions = [new_session() for _ in range(4)]
     for salon_id, sid in sessions:
         await pair(publisher, tap, first, salon_id, sid)
@@ -125,7 +131,7 @@ async def test_restarting_the_only_worker_brings_connected_sessions_back(
 ) -> None:
     for process in stack.running:
         process.stop()
-    only = stack.start("whatsapp", port=free_port(), **WORKER_ENV)
+    only = start_worker(stack, port=free_port())
     salon_id, sid = new_session()
     await pair(publisher, tap, only, salon_id, sid)
     seen = len(tap.messages)
@@ -133,7 +139,7 @@ async def test_restarting_the_only_worker_brings_connected_sessions_back(
     assert only.stop() == 0, "graceful shutdown on SIGTERM"
     row = await session_row(sessionmaker, sid)
     assert row is not None and row.owner is None, "released on shutdown, so a new worker needn't wait"
-    restarted = stack.start("whatsapp", port=free_port(), **WORKER_ENV)
+    restarted = start_worker(stack, port=free_port())
     started = time.monotonic()
     await wait_for(lambda: connected_in(sessionmaker, restarted, sid), timeout=10, what="resumed after restart")
     assert time.monotonic() - started <= CHECK_S + SLACK_S
@@ -143,7 +149,7 @@ async def test_restarting_the_only_worker_brings_connected_sessions_back(
 
     # After a crash (no release) the restarted worker waits out the dead one's lease, then resumes.
     restarted.kill()
-    again = stack.start("whatsapp", port=free_port(), **WORKER_ENV)
+    again = start_worker(stack, port=free_port())
     started = time.monotonic()
     await wait_for(lambda: connected_in(sessionmaker, again, sid), timeout=15, what="resumed after a crash")
     assert time.monotonic() - started <= TAKEOVER_BOUND_S + SLACK_S

@@ -32,18 +32,6 @@ from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
-WORKER_ENV = {
-    "WHATSAPP_EMULATOR_QR_FIRST_S": "2",
-    "WHATSAPP_EMULATOR_QR_NEXT_S": "1",
-    "WHATSAPP_EMULATOR_QR_REFS": "3",
-    "WHATSAPP_EMULATOR_CODE_TTL_S": "6",
-    "WHATSAPP_LEASE_S": "3",
-    "WHATSAPP_LEASE_CHECK_S": "1",
-    "WHATSAPP_BACKOFF_BASE_S": "0.3",
-    "WHATSAPP_BACKOFF_CAP_S": "3",
-    "WHATSAPP_MAX_CONNECTS_PER_MINUTE": "5",
-}
-
 
 @pytest.fixture(scope="module", autouse=True)
 async def _park_sessions(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[None]:
@@ -60,7 +48,18 @@ def stack(test_env: dict[str, str]) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def worker(stack: Stack) -> ServiceProcess:
-    return stack.start("whatsapp", **WORKER_ENV)
+    return stack.start(
+        "whatsapp",
+        WHATSAPP_EMULATOR_QR_FIRST_S="2",
+        WHATSAPP_EMULATOR_QR_NEXT_S="1",
+        WHATSAPP_EMULATOR_QR_REFS="3",
+        WHATSAPP_EMULATOR_CODE_TTL_S="6",
+        WHATSAPP_LEASE_S="3",
+        WHATSAPP_LEASE_CHECK_S="1",
+        WHATSAPP_BACKOFF_BASE_S="0.3",
+        WHATSAPP_BACKOFF_CAP_S="3",
+        WHATSAPP_MAX_CONNECTS_PER_MINUTE="5",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +98,7 @@ async def connect_by_qr(
     scan = await phone.post("/emulator/scan", json={"session_id": session_id, "qr": qr.data.payload})
     assert scan.status_code == 200, scan.text
     [connected] = await tap.wait_for(WhatsAppConnected, session_id)
+    assert isinstance(connected, WhatsAppConnected)
     return connected
 
 

@@ -105,10 +105,14 @@
 
   function errorText(result) {
     if (result.status === 0) return "Нет связи с сервером. Проверьте интернет и попробуйте ещё раз.";
+    if (result.status === 429) return "Слишком много запросов подряд. Подождите немного и попробуйте ещё раз.";
+    if (result.status >= 500 || result.status === 404 || result.status === 405) {
+      return "Сервис временно недоступен. Попробуйте ещё раз через минуту.";
+    }
+    // Our API explains refusals in Russian (the phone number, a salon the link does not cover ...).
     var d = result.data || {};
     if (typeof d.message === "string") return d.message;
     if (typeof d.detail === "string") return d.detail;
-    if (result.status === 503) return "Сервис временно недоступен. Попробуйте ещё раз через минуту.";
     return "Не получилось. Попробуйте ещё раз.";
   }
 
@@ -135,6 +139,7 @@
       u.waitingSince = Date.now();
       u.stallShown = false;
       u.formOpen = false;
+      u.pendingMode = "qr";
       var s = salons.get(id);
       // Until the first QR arrives the page shows "preparing", not the expired code.
       if (s && s.whatsapp && s.whatsapp.state !== "pairing") s.whatsapp.state = "new";
@@ -147,13 +152,14 @@
       var u = uiOf(id);
       u.waitingSince = Date.now();
       u.stallShown = false;
+      u.pendingMode = "phone";
       var s = salons.get(id);
       if (s && s.whatsapp) { s.whatsapp.state = "new"; s.whatsapp.qr = null; s.whatsapp.pairing_code = null; }
     });
   }
 
   function retryActivation(id) {
-    act(id, function () { return api("POST", "/marketplace/activate", { token: token }); }, function () {
+    act(id, function () { return api("POST", "/marketplace/activate", { token: token, salon_id: id }); }, function () {
       var s = salons.get(id);
       if (s) {
         s.integration_status = "activating";
@@ -343,7 +349,13 @@
       default:
         break;
     }
-    // No session yet, a new one, or pairing without a code: the QR is on its way.
+    // No session yet, a new one, or pairing without a code: the QR (or the code asked for) is on its way.
+    if (u.pendingMode === "phone") {
+      return { badge: ["Получаем код", "wait"], steps: pairingStep, icon: "spin", alt: "phone", preparing: true,
+        heading: "Получаем код для привязки по номеру…",
+        text: "Через несколько секунд здесь появится код из 8 символов.",
+        actions: stalled ? [newQr("Показать QR-код")] : [] };
+    }
     return { badge: ["Готовим QR-код", "wait"], steps: pairingStep, icon: "spin", alt: "phone", preparing: true,
       heading: "Готовим QR-код…", text: "Через несколько секунд здесь появится QR-код для WhatsApp.",
       actions: stalled ? [newQr("Запросить QR-код ещё раз")] : [] };
@@ -426,6 +438,7 @@
     } else {
       u.waitingSince = 0;
       u.stallShown = false;
+      u.pendingMode = "";
     }
 
     var title = part(id, "title");

@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.whatsapp.db import open_db
 from services.whatsapp.emulator.protocol import new_device_id
 from services.whatsapp.emulator.tables import devices, pairings
 
@@ -143,8 +144,11 @@ class EmulatorServer(ABC):
 class PostgresEmulatorServer(EmulatorServer):
     """The server in PostgreSQL; every change a client may wait for is notified on ``whatsapp_emulator``."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], *, slots: asyncio.Semaphore | None = None
+    ) -> None:
         self._sessionmaker = sessionmaker
+        self._slots = slots
 
     @staticmethod
     async def _notify(db: AsyncSession, session_id: str) -> None:
@@ -155,7 +159,7 @@ class PostgresEmulatorServer(EmulatorServer):
         stmt = insert(pairings).values(session_id=session_id, attempt_id=attempt_id, identity_pub=identity_pub)
         cleared = {c: None for c in ("qr_payload", "qr_expires_at", "code", "code_phone", "code_expires_at")}
         cleared.update(paired_at=None, paired_phone=None, device_id=None)
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             await db.execute(
                 stmt.on_conflict_do_update(
                     index_elements=[pairings.c.session_id],
@@ -164,7 +168,7 @@ class PostgresEmulatorServer(EmulatorServer):
             )
 
     async def _issue(self, session_id: str, attempt_id: str, values: dict[str, Any]) -> datetime | None:
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             row = (
                 await db.execute(
                     update(pairings)
@@ -202,7 +206,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def pairing_outcome(self, session_id: str, attempt_id: str) -> Paired | None:
         """The linked device when a phone accepted this attempt."""
-        async with self._sessionmaker() as db:
+        async with open_db(self._sessionmaker, self._slots, begin=False) as db:
             row = (
                 await db.execute(
                     select(pairings.c.paired_phone, pairings.c.device_id).where(
@@ -216,7 +220,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def end_pairing(self, session_id: str, attempt_id: str) -> Paired | None:
         """Expire the attempt's ref/code; returns the outcome if a phone got in first."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             await db.execute(
                 update(pairings)
                 .where(
@@ -277,19 +281,19 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def scan(self, session_id: str, payload: str, phone: str) -> bool:
         """A phone scanned ``payload``: True when it is the attempt's currently valid QR."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             match = (pairings.c.qr_payload == payload) & (pairings.c.qr_expires_at > func.now())
             return await self._link(db, session_id, match, phone)
 
     async def enter_code(self, session_id: str, code: str) -> bool:
         """A phone typed ``code``: True when it is the valid pairing code."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             match = (pairings.c.code == code) & (pairings.c.code_expires_at > func.now())
             return await self._link(db, session_id, match, None)
 
     async def connect(self, session_id: str, identity_pub: str, owner: str) -> ConnectResult:
         """Open the device's connection (superseding any other), or refuse with 401 when not linked."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             row = (
                 await db.execute(
                     update(devices)
@@ -315,7 +319,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def connection(self, session_id: str) -> Connection | None:
         """The device's connection state (None when no device is linked)."""
-        async with self._sessionmaker() as db:
+        async with open_db(self._sessionmaker, self._slots, begin=False) as db:
             row = (
                 await db.execute(
                     select(
@@ -332,7 +336,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def take_drop(self, session_id: str, seq: int) -> int | None:
         """The disconnect code the server sends to connection ``seq`` (clears it and closes the connection)."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             row = (
                 await db.execute(
                     select(devices.c.pending_drop)
@@ -355,7 +359,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def close_connection(self, session_id: str, seq: int) -> None:
         """The client closed connection ``seq``."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             await db.execute(
                 update(devices)
                 .where(devices.c.session_id == session_id, devices.c.connection_seq == seq)
@@ -364,7 +368,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def unlink(self, session_id: str) -> None:
         """The client logged out: forget the device and any attempt."""
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             await db.execute(delete(devices).where(devices.c.session_id == session_id))
             await db.execute(delete(pairings).where(pairings.c.session_id == session_id))
 
@@ -374,7 +378,7 @@ class PostgresEmulatorServer(EmulatorServer):
         if code in (401, 403):
             # The phone removed the device (or the account was banned): it can't connect again.
             values["revoked_at"] = func.now()
-        async with self._sessionmaker() as db, db.begin():
+        async with open_db(self._sessionmaker, self._slots) as db:
             row = (
                 await db.execute(
                     update(devices)
@@ -394,7 +398,7 @@ class PostgresEmulatorServer(EmulatorServer):
 
     async def describe(self, session_id: str) -> dict[str, Any]:
         """The server's record of the session (for tests and operators)."""
-        async with self._sessionmaker() as db:
+        async with open_db(self._sessionmaker, self._slots, begin=False) as db:
             device = (await db.execute(select(devices).where(devices.c.session_id == session_id))).mappings().first()
             pairing = (await db.execute(select(pairings).where(pairings.c.session_id == session_id))).mappings().first()
         return _describe(dict(device) if device is not None else None, dict(pairing) if pairing is not None else None)

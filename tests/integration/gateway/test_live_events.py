@@ -213,7 +213,8 @@ async def test_no_token_no_stream(served: ServedGateway, http: httpx.AsyncClient
 def _close_connections(infra: Infra, connection_name: str) -> int:
     """Force-close our gateway's broker connections, as a broker restart would (other users' are untouched)."""
     listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "-p", infra.vhost, "pid", "client_properties"],
+        # list_connections ignores -p: filter on the vhost column ourselves.
+        ["rabbitmqctl", "-q", "list_connections", "pid", "vhost", "client_properties"],
         check=True,
         capture_output=True,
         text=True,
@@ -221,8 +222,8 @@ def _close_connections(infra: Infra, connection_name: str) -> int:
     ).stdout
     closed = 0
     for line in listed.splitlines():
-        if f'{{"connection_name","{connection_name}"}}' in line:
-            pid = line.split("\t", 1)[0]
+        pid, vhost, properties = (line.split("\t", 2) + ["", ""])[:3]
+        if vhost == infra.vhost and f'{{"connection_name","{connection_name}"}}' in properties:
             subprocess.run(
                 ["rabbitmqctl", "-q", "close_connection", pid, "test: broker restart"],
                 check=True,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.whatsapp import commands, ownership
 from services.whatsapp.auth_store import PostgresAuthStore
 from services.whatsapp.commands import SessionCommand, record_command
+from services.whatsapp.db import IO_SLOTS, RUNNER_SLOTS
 from services.whatsapp.emulator import server as emulator_server
 from services.whatsapp.emulator.engine import EmulatorEngine, EmulatorTimings
 from services.whatsapp.emulator.server import PostgresEmulatorServer
@@ -134,11 +135,13 @@ def in_process_worker(
     timings: EmulatorTimings = FAST_TIMINGS,
     policy: ConnectionPolicy = FAST_POLICY,
     worker_id: str | None = None,
+    lease_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
 ) -> InProcessWorker:
     """A worker wired like ``services.whatsapp.__main__`` but publishing into a recorder."""
     wid = worker_id or f"test:{uuid.uuid4().hex[:8]}"
-    auth = PostgresAuthStore(sessionmaker)
-    server = PostgresEmulatorServer(sessionmaker)
+    io_slots = asyncio.Semaphore(IO_SLOTS)
+    auth = PostgresAuthStore(sessionmaker, slots=io_slots)
+    server = PostgresEmulatorServer(sessionmaker, slots=io_slots)
     engine = EmulatorEngine(server, auth, timings, owner=wid)
     recorder = Recorder(sessionmaker)
     deps = RunnerDeps(
@@ -150,8 +153,11 @@ def in_process_worker(
         publish=recorder.publish,
         rng=random.Random(3),
         clock=time.monotonic,
+        slots=asyncio.Semaphore(RUNNER_SLOTS),
     )
-    pool = SessionPool(deps, sessionmaker, PoolConfig(lease_s=lease_s, check_s=check_s, claim_batch=500))
+    pool = SessionPool(
+        deps, lease_sessionmaker or sessionmaker, PoolConfig(lease_s=lease_s, check_s=check_s, claim_batch=500)
+    )
     listener = PgListener(database_url, ping_s=2.0)
     listener.subscribe(commands.NOTIFY_CHANNEL, pool.on_session_notify)
     listener.on_ready(pool.on_listener_ready)

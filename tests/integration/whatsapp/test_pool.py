@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.whatsapp.emulator.server import PostgresEmulatorServer
+from services.whatsapp.policy import Backoff, ConnectionPolicy
 from shared.config import Settings
 from shared.messages import (
     PairingCodeIssued,
@@ -375,3 +376,41 @@ async def test_a_stalled_owner_is_replaced_and_fenced(
     assert not first.recorder.of(WhatsAppDisconnected, sid)
     assert not second.recorder.of(WhatsAppConnected, sid), "a silent resume: nobody saw it drop"
     assert len(second.recorder.of(QrIssued, sid)) + len(first.recorder.of(QrIssued, sid)) == qrs, "no new scan"
+
+
+async def test_a_connection_that_holds_resets_the_backoff(
+    make_worker: Callable[..., InProcessWorker],
+    server: PostgresEmulatorServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    steady = make_worker(
+        policy=ConnectionPolicy(Backoff(base_s=0.2, cap_s=2.0, jitter=0.2), max_per_minute=5, stable_after_s=0.8)
+    )
+    steady.start()
+    await steady.ready()
+    _, sid = await paired(steady, server, sessionmaker)
+    assert await server.request_drop(sid, 503)
+
+    async def back_with_one_failure() -> bool:
+        row = await session_row(sessionmaker, sid)
+        return row is not None and row.state == "connected" and row.failures == 1
+
+    await wait_for(back_with_one_failure, timeout=5, what="reconnected after one failure")
+
+    async def reset() -> bool:
+        row = await session_row(sessionmaker, sid)
+        return row is not None and row.failures == 0
+
+    await wait_for(reset, timeout=5, what="the failure count to reset once the connection held")
+    assert await server.request_drop(sid, 503)
+
+    async def second_drop() -> list[WhatsAppDisconnected]:
+        return list(steady.recorder.of(WhatsAppDisconnected, sid))
+
+    events = await wait_for(lambda: _at_least(second_drop, 2), timeout=5, what="the second disconnect")
+    assert all(0.15 <= (e.data.retry_in_s or 0) <= 0.25 for e in events), "both at the first backoff step"
+
+
+async def _at_least(probe: Callable[[], Awaitable[list[WhatsAppDisconnected]]], n: int) -> list[WhatsAppDisconnected]:
+    found = await probe()
+    return found if len(found) >= n else []

@@ -136,7 +136,7 @@ async def test_an_upstream_that_is_down_looks_like_a_refused_connection() -> Non
         await p.close()
 
 
-@pytest.mark.parametrize("host", ["10.0.0.1", "example.com", "0.0.0.0", "192.168.1.5"])
+@pytest.mark.parametrize("host", ["10.0.0.1", "example.com", "0.0.0.0", "192.168.1.5"])  # noqa: S104 - refused, not bound
 def test_only_loopback_upstreams_are_accepted(host: str) -> None:
     with pytest.raises(NotLoopback):
         require_loopback(host)

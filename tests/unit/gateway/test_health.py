@@ -10,7 +10,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from shared.bus.topology import WORK_QUEUES
 from shared.config import Settings
-from tests.unit.gateway.gateway_support import running_gateway, with_broker_down
+from shared.tokens import issue_onboarding_token
+from tests.unit.gateway.gateway_support import new_salon_id, running_gateway, with_broker_down, with_database_down
 
 
 @pytest.fixture
@@ -83,3 +84,23 @@ async def test_probes(client: httpx.AsyncClient) -> None:
     assert readyz.json()["checks"] == {"database": True, "broker": True, "live_hub": True}
     assert metrics.status_code == 200
     assert 'marketplace_http_requests_total{route="/healthz",status="200"}' in metrics.text
+
+
+async def test_with_the_database_down_reads_answer_503_and_the_page_still_opens(settings: Settings) -> None:
+    token = issue_onboarding_token([new_salon_id()], secret=settings.JWT_SECRET)
+    auth = {"Authorization": f"Bearer {token}"}
+    async with running_gateway(with_database_down(settings)) as (_, client):
+        status = await client.get("/marketplace/api/status/company_5")
+        state = await client.get("/marketplace/api/state", headers=auth)
+        events = await client.get("/marketplace/api/events", headers=auth)
+        page = await client.get("/marketplace/onboarding", params={"token": token})
+        health = await client.get("/marketplace/health")
+        ready = await client.get("/readyz")
+
+    assert status.status_code == 503 and status.json()["error"] == "unavailable"
+    assert state.status_code == 503 and state.headers["retry-after"]
+    assert events.status_code == 503
+    # The page renders from the token alone; its script keeps asking for the state.
+    assert page.status_code == 200 and "Регистрируем" in page.text
+    assert health.status_code == 503 and health.json()["dependencies"] == {"database": False, "broker": True}
+    assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
