@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bench.compare import Side, head_to_head, report_sides, throughput_ratio
+from bench.compare import Side, cpu_ratio, head_to_head, report_sides, throughput_ratio
 from bench.harness import APP_ID, RunContext, bench_env, service_exists
 from bench.load import LoadSpec, wrk_available
 from bench.model import BenchResult
@@ -57,5 +57,11 @@ async def run(ctx: RunContext) -> BenchResult:
         "hold one message per answered request.",
     ]
     report_sides(result, [ours, ref], ctx)
+    result.figure(
+        "CPU per request, reference / ours",
+        cpu_ratio(ours, ref),
+        "×",
+        "what the throughput ratio tends to when the server's CPU is the bottleneck",
+    )
     result.check("throughput ours / reference", throughput_ratio(ours, ref), ">=", TARGET)
     return result

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from bench.compare import Side, head_to_head, report_sides, throughput_ratio
+from bench.compare import Side, cpu_ratio, head_to_head, report_sides, throughput_ratio
 from bench.harness import RunContext, bench_env, service_exists
 from bench.load import LoadResult, LoadSpec, run_generator, wrk_available
 from bench.model import BenchResult, ratio
@@ -109,6 +109,12 @@ async def run(ctx: RunContext) -> BenchResult:
         result.figure(f"{name}: p99 latency at {sizes.seed_rate:g}/s", run_result.p99_ms, "ms", note)
     result.figure("seed-style: calls to the sandbox company endpoint", float(company_calls), "calls")
     result.figure("seed-style: companies written inline", float(int(str(seeded))), "rows")
+    result.figure(
+        "CPU per request, reference / ours",
+        cpu_ratio(ours, ref),
+        "×",
+        "what the throughput ratio tends to when the server's CPU is the bottleneck",
+    )
     result.check("throughput ours / reference", throughput_ratio(ours, ref), ">=", TARGET_THROUGHPUT)
     seed_run, ours_run = open_runs["seed-style"], open_runs["ours"]
     usable = seed_run.bad == 0 and ours_run.bad == 0

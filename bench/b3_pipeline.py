@@ -10,6 +10,7 @@ import httpx
 
 from bench.harness import BenchEnv, RunContext, bench_env, poll, service_exists
 from bench.model import BenchResult, ratio
+from bench.procinfo import cpu_seconds
 from bench.profiling import ProfileSummary
 from bench.stats import median
 from shared.bus.broker import amqp_message
@@ -68,14 +69,23 @@ class Runner:
             )
 
     async def batch(
-        self, publish: Callable[[list[Message]], Awaitable[None]], count: int, *, profile: ServiceProcess | None = None
-    ) -> tuple[float, float, int]:
-        """Publish `count` registrations and wait for every company: (seconds, publish seconds, first salon)."""
+        self,
+        publish: Callable[[list[Message]], Awaitable[None]],
+        count: int,
+        *,
+        consumer: ServiceProcess,
+        profile: bool = False,
+    ) -> tuple[float, float, int, float | None]:
+        """Publish `count` registrations and wait for every company.
+
+        Returns seconds, publish seconds, the first salon id, and the consumer's CPU seconds meanwhile.
+        """
         first = self.next_salon
         self.next_salon += count
         msgs = registrations(first, count)
-        profiler = self.ctx.profiler() if profile is not None else None
-        recording = profiler.start(profile.proc.pid, "registration") if profiler and profile else None
+        profiler = self.ctx.profiler() if profile else None
+        recording = profiler.start(consumer.proc.pid, "registration") if profiler is not None else None
+        cpu_before = cpu_seconds(consumer.proc.pid)
         started = time.perf_counter()
         await publish(msgs)
         published = time.perf_counter() - started
@@ -86,6 +96,8 @@ class Runner:
 
         await poll(all_there, timeout=timeout, interval=0.1, what=f"{count} companies persisted")
         elapsed = time.perf_counter() - started
+        cpu_after = cpu_seconds(consumer.proc.pid)
+        cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else None
         if profiler is not None and recording is not None:
             summary = await asyncio.to_thread(
                 profiler.finish,
@@ -97,7 +109,7 @@ class Runner:
             )
             if summary is not None:
                 self.profiles.append(summary)
-        return elapsed, published, first
+        return elapsed, published, first, cpu
 
 
 async def run(ctx: RunContext) -> BenchResult:
@@ -111,6 +123,7 @@ async def run(ctx: RunContext) -> BenchResult:
     warm = max(20, count // 50)
     rates: dict[str, list[float]] = {"ours": [], "reference": []}
     publish_s: dict[str, list[float]] = {"ours": [], "reference": []}
+    cpu_ms: dict[str, list[float]] = {"ours": [], "reference": []}
     enriched_during: list[int] = []
     company_calls = 0
     async with bench_env("B3", ctx) as env:
@@ -126,9 +139,9 @@ async def run(ctx: RunContext) -> BenchResult:
             for side in order:
                 if side == "ours":
                     worker = await asyncio.to_thread(env.start, "registration")
-                    await runner.batch(runner.publish_ours, warm)
-                    elapsed, published, first = await runner.batch(
-                        runner.publish_ours, count, profile=worker if round_no == 0 and ctx.profile else None
+                    await runner.batch(runner.publish_ours, warm, consumer=worker)
+                    elapsed, published, first, cpu = await runner.batch(
+                        runner.publish_ours, count, consumer=worker, profile=round_no == 0 and ctx.profile
                     )
                     enriched_during.append(
                         int(
@@ -154,10 +167,12 @@ async def run(ctx: RunContext) -> BenchResult:
                     loop = await asyncio.to_thread(
                         env.start_module, "ref-loop", ["bench.refloop", REF_QUEUE], http=False, ready_line="consuming"
                     )
-                    await runner.batch(runner.publish_reference, warm)
-                    elapsed, published, _ = await runner.batch(runner.publish_reference, count)
+                    await runner.batch(runner.publish_reference, warm, consumer=loop)
+                    elapsed, published, _, cpu = await runner.batch(runner.publish_reference, count, consumer=loop)
                     await asyncio.to_thread(loop.stop)
                 rates[side].append(count / elapsed)
+                if cpu is not None:
+                    cpu_ms[side].append(cpu * 1000 / count)
                 publish_s[side].append(published)
         ctx.findings += [line for p in runner.profiles for line in p.markdown()]
 
@@ -187,6 +202,12 @@ async def run(ctx: RunContext) -> BenchResult:
         shown = ", ".join(f"{r:,.0f}" for r in rates[side])
         result.figure(f"{side}: companies persisted per second", median(rates[side]), "msg/s", f"runs: {shown}")
         result.figure(f"{side}: publishing {count:,} took", median(publish_s[side]), "s", "pipelined confirms")
+        result.figure(
+            f"{side}: consumer CPU per message",
+            median(cpu_ms[side]),
+            "ms",
+            "user+system time of the consuming process over the batch / messages (enrichment included for ours)",
+        )
     if enriched_during:
         result.figure(
             "ours: companies already enriched when the batch was persisted",
@@ -194,5 +215,11 @@ async def run(ctx: RunContext) -> BenchResult:
             "companies",
             f"sandbox company calls over all our runs: {company_calls}",
         )
+    result.figure(
+        "CPU per message, reference / ours",
+        ratio(median(cpu_ms["reference"]), median(cpu_ms["ours"])),
+        "×",
+        "what the rate ratio tends to when the consumer's CPU is the bottleneck",
+    )
     result.check("rate ours / reference", ratio(median(rates["ours"]), median(rates["reference"])), ">=", TARGET)
     return result

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from bench.harness import BenchEnv, RunContext
 from bench.load import LoadResult, LoadSpec, closed_load
 from bench.model import BenchResult, ratio
+from bench.procinfo import cpu_seconds
 from bench.profiling import ProfileSummary
 from bench.stats import median
 from tests.support.processes import ROOT, ServiceProcess
@@ -23,6 +24,7 @@ class Side:
     queue: str
     runs: list[LoadResult] = field(default_factory=list)
     shortfall: int = 0
+    cpu_per_request_ms: list[float] = field(default_factory=list)
 
     @property
     def throughput(self) -> float | None:
@@ -63,9 +65,13 @@ async def head_to_head(env: BenchEnv, sides: list[Side], ctx: RunContext, *, pro
             recording = None
             if profiler is not None and side.name == profile_side and round_no == 0:
                 recording = profiler.start(side.process.proc.pid, f"{side.process.name}-{side.name}", sizes.duration_s)
+            cpu_before = cpu_seconds(side.process.proc.pid)
             result = await asyncio.to_thread(
                 closed_load, side.spec, connections=sizes.connections, duration=sizes.duration_s
             )
+            cpu_after = cpu_seconds(side.process.proc.pid)
+            if cpu_before is not None and cpu_after is not None and result.requests:
+                side.cpu_per_request_ms.append((cpu_after - cpu_before) * 1000 / result.requests)
             if profiler is not None and recording is not None:
                 summary = await asyncio.to_thread(
                     profiler.finish,
@@ -90,6 +96,12 @@ def report_sides(result: BenchResult, sides: list[Side], ctx: RunContext) -> Non
         result.figure(f"{side.name}: throughput", side.throughput, "req/s", f"median of {len(side.runs)} runs ({runs})")
         result.figure(f"{side.name}: p50 latency", side.p50, "ms", f"{tool}, {ctx.sizes.connections} connections")
         result.figure(f"{side.name}: p99 latency", side.p99, "ms", f"{tool}, {ctx.sizes.connections} connections")
+        result.figure(
+            f"{side.name}: server CPU per request",
+            median(side.cpu_per_request_ms),
+            "ms",
+            "user+system time of the server process / answered requests (robust to a busy machine)",
+        )
         result.figure(f"{side.name}: errors and non-2xx/3xx", float(side.bad), "requests")
         total = sum(r.requests for r in side.runs)
         if side.bad > 0.01 * total:
@@ -105,3 +117,8 @@ def throughput_ratio(ours: Side, reference: Side) -> float | None:
     if any(side.bad > 0.01 * sum(r.requests for r in side.runs) for side in (ours, reference)):
         return None
     return ratio(ours.throughput, reference.throughput)
+
+
+def cpu_ratio(ours: Side, reference: Side) -> float | None:
+    """The reference's CPU per request over ours: the throughput ratio a CPU-bound server would reach."""
+    return ratio(median(reference.cpu_per_request_ms), median(ours.cpu_per_request_ms))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -42,3 +43,15 @@ def rss_bytes(pid: int, *, with_children: bool = True) -> int | None:
 def mib(value: int | None) -> float | None:
     """Bytes as MiB."""
     return None if value is None else value / (1024 * 1024)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far; None when it is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces: count fields after its closing parenthesis.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -227,7 +227,7 @@ def evaluate(ops: list[Op], obs: Observed, *, whatsapp_worker: bool) -> Evaluati
         tally.applied += applied
         if op.acked and not applied and op.salon_id not in checker.dead_salons:
             tally.lost += 1
-            result.lost.append(op.describe())
+            result.lost.append(op.evidence())
     result.duplicates = checker.duplicates()
     result.dead = [d for d in obs.dead if d.salon_id in checker.salons]
     result.anomalies = checker.anomalies()

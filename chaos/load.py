@@ -213,12 +213,13 @@ class Client:
             candidates = bases()
             base = candidates[turn % len(candidates)]
             turn += 1
-            op.attempts += 1
             try:
                 response = await send(base)
             except httpx.HTTPError as exc:
+                op.attempt(base, type(exc).__name__)
                 op.status, op.error = None, f"no answer: {type(exc).__name__}"
             else:
+                op.attempt(base, str(response.status_code))
                 op.status = response.status_code
                 if response.status_code in ok:
                     return response
@@ -387,16 +388,18 @@ class Journey:
                 continue
             phones = ctx.client.endpoints().phones
             phone = phones[op.attempts % len(phones)]
-            op.attempts += 1
+            ref = payload.rsplit("#", 1)[-1].split(",", 1)[0][-8:]
             try:
                 response = await ctx.client.http.post(
                     f"{phone}/emulator/scan", json={"session_id": session_id, "qr": payload}, timeout=ATTEMPT_TIMEOUT_S
                 )
             except httpx.HTTPError as exc:
+                op.attempt(f"{phone} (QR …{ref})", type(exc).__name__)
                 op.status, op.error = None, f"no answer: {type(exc).__name__}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            op.attempt(f"{phone} (QR …{ref})", str(response.status_code))
             op.status = response.status_code
             if response.status_code == 200:
                 op.ack(200)
@@ -424,13 +427,14 @@ class Journey:
             salon_id=salon_id, data={"session_id": session_id_for(salon_id), "phone": f"7900{salon_id % 10**7:07d}"}
         )
         while time.monotonic() < deadline:
-            op.attempts += 1
             try:
                 await ctx.broker.publish(msg)
             except PublishError as exc:
+                op.attempt("broker", "not confirmed")
                 op.error = str(exc)
                 await asyncio.sleep(0.5)
                 continue
+            op.attempt("broker", "confirmed")
             op.ack(None, str(msg.id))
             return True
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import ClassVar, Literal
 
 OpKind = Literal["install", "pair", "scan", "activate", "webhook"]
@@ -25,6 +26,14 @@ class Op:
     synthetic: bool = False
     started_at: float = field(default_factory=time.monotonic)
     acked_at: float | None = None
+    # One entry per attempt: wall-clock time (UTC, to match the service logs), where it went, what came back.
+    trail: list[str] = field(default_factory=list)
+
+    def attempt(self, target: str, outcome: str) -> None:
+        """Record one attempt."""
+        self.attempts += 1
+        stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+        self.trail.append(f"{stamp} {target} → {outcome}")
 
     def ack(self, status: int | None, message_id: str | None = None) -> None:
         """The operation was answered with a success (2xx / 302, or a broker confirm)."""
@@ -38,6 +47,10 @@ class Op:
         what = f"{self.kind} {self.event}" if self.event else self.kind
         tail = f" message {self.message_id}" if self.message_id else ""
         return f"{what} salon {self.salon_id}{tail} ({self.attempts} attempt(s), last status {self.status})"
+
+    def evidence(self) -> str:
+        """The description with every attempt (UTC times, to find the service log lines)."""
+        return self.describe() + (" [" + "; ".join(self.trail) + "]" if self.trail else "")
 
 
 @dataclass

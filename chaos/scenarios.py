@@ -109,9 +109,9 @@ async def r1_sigkill(world: World, options: Options) -> ScenarioResult:
         async def killer() -> None:
             await asyncio.sleep(1.0)
             turn = 0
-            # Every role `rounds` times at least, and on until the load ends; a role whose last victim is
-            # still starting is skipped, so one gateway always answers.
-            while not done.is_set() or turn < rounds * len(roles):
+            # Every role `rounds` times at least; the full form goes on until the load ends. A role whose
+            # last victim is still starting is skipped, so one gateway always answers.
+            while turn < rounds * len(roles) or not (done.is_set() or options.short):
                 role = roles[turn % len(roles)]
                 pending = restarting.get(role)
                 if pending is not None and not pending.done():

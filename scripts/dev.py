@@ -61,8 +61,7 @@ def main() -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", module], cwd=ROOT, env={**env, "SERVICE_NAME": name}, stdout=log, stderr=log
         )
-        probe = "/healthz" if name == "sandbox" else "/readyz"
-        procs.append((name, proc, f"http://127.0.0.1:{port_of(var, default)}{probe}"))
+        procs.append((name, proc, f"http://127.0.0.1:{port_of(var, default)}/readyz"))
 
     stopping = False
 

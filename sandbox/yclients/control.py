@@ -32,7 +32,9 @@ def build_control_router(state: SandboxState, notifier: GatewayNotifier) -> APIR
     router = APIRouter()
 
     @router.get("/healthz")
+    @router.get("/readyz")
     async def healthz() -> dict[str, str]:
+        """Liveness and readiness: the sandbox keeps everything in memory, so alive means ready."""
         return {"status": "ok"}
 
     @router.get("/__sandbox/calls")

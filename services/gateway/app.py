@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from services.gateway.errors import install_error_handlers
 from services.gateway.livehub import LiveHub
 from services.gateway.middleware import BodySizeLimitMiddleware, CommonHeadersMiddleware, RequestMetricsMiddleware
+from services.gateway.openapi import install_openapi
 from services.gateway.options import GatewayOptions
 from services.gateway.pages import STATIC_DIR, STATIC_PREFIX, make_templates
 from services.gateway.routes import health, install, live, onboarding, webhooks, whatsapp_api
@@ -116,6 +117,7 @@ def create_app(settings: Settings, options: GatewayOptions | None = None) -> Fas
         app.include_router(module.router)
     app.include_router(health.probes(app))
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
+    install_openapi(app)
 
     # Added last = outermost: the size limit applies before anything reads the body.
     app.add_middleware(RequestMetricsMiddleware)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.params import Depends
+from fastapi.security import APIKeyQuery, HTTPBearer
 
 from services.gateway.errors import ApiError
 from shared.config import Settings
@@ -13,6 +15,18 @@ from shared.tokens import ExpiredToken, OnboardingClaims, TokenError, read_onboa
 
 EXPIRED_MESSAGE = "Ссылка устарела. Откройте приложение в YClients и нажмите «Подключить» ещё раз."
 INVALID_MESSAGE = "Ссылка недействительна. Откройте приложение в YClients и нажмите «Подключить» ещё раз."
+
+# For the OpenAPI document only (`authorize` reads the token itself, from either place or from the JSON body).
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="onboardingToken", description="The onboarding token (JWT, 1 h) of the install."
+)
+TOKEN_QUERY = APIKeyQuery(
+    name="token",
+    auto_error=False,
+    scheme_name="onboardingTokenQuery",
+    description="The same token as `?token=` (EventSource cannot send headers).",
+)
+TOKEN_SECURITY: list[Depends] = [Security(BEARER), Security(TOKEN_QUERY)]
 
 
 def bearer_token(request: Request) -> str | None:

@@ -2,7 +2,7 @@
 
 Any worker may receive ``whatsapp.pairing_requested`` / ``pause_requested`` / ``logout_requested``. In one
 transaction it records the desired state on the session row (``desired``, the pairing mode and phone,
-``command_seq + 1``), takes the lease if nobody holds it, and ``pg_notify('whatsapp_sessions', id)``.
+``command_seq + 1``), takes the lease if nobody holds it, or else ``pg_notify('whatsapp_sessions', id)``.
 After the commit:
 - if this worker is now the owner, its pool applies the command at once;
 - otherwise the owner's listener wakes its runner, which applies it (and if the owner dies first, the next
@@ -122,7 +122,9 @@ async def record_command(cmd: SessionCommand, *, uow: UnitOfWork, worker_id: str
                 await uow.commit()
                 log.info("no whatsapp session to %s", desired, extra={"session_id": session_id})
                 return CommandOutcome(session_id, recorded=False)
-        await db.execute(select(func.pg_notify(NOTIFY_CHANNEL, session_id)))
+        if owner != worker_id:
+            # Another worker holds the session: wake it (this worker applies its own at once, no need).
+            await db.execute(select(func.pg_notify(NOTIFY_CHANNEL, session_id)))
         await uow.commit()
     log.info("command recorded", extra={"session_id": session_id, "type": cmd.type, "owner": owner})
     return CommandOutcome(session_id, recorded=True, owner=owner)

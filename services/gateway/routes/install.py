@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
 from services.gateway.deps import SettingsDep
+from services.gateway.openapi import INSTALL_RESPONSES, install_parameters
 from services.gateway.pages import Action, error_page
 from services.gateway.publishing import SinkDep, Unavailable
 from shared.config import Settings
@@ -32,7 +33,13 @@ def _back_to_yclients(settings: Settings) -> list[Action]:
     return [Action("Вернуться в YClients", settings.YCLIENTS_UI_URL)]
 
 
-@router.get("/auth/yclients/redirect", include_in_schema=True)
+@router.get(
+    "/auth/yclients/redirect",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses=INSTALL_RESPONSES,
+    openapi_extra={"parameters": install_parameters()},
+)
 async def install_redirect(request: Request, settings: SettingsDep, sink: SinkDep) -> Response:
     """Verify the install redirect, publish `RegistrationRequested`, and send the admin to the onboarding page."""
     try:

@@ -10,10 +10,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import Response
 
-from services.gateway.auth import authorize, issued_at, token_key
+from services.gateway.auth import TOKEN_SECURITY, authorize, issued_at, token_key
 from services.gateway.deps import HubDep, OptionsDep, SessionMakerDep, SettingsDep
 from services.gateway.errors import ApiError
 from services.gateway.livehub import HubClosed, TooManyStreams
+from services.gateway.openapi import EVENT_STREAM_RESPONSES, json_errors
 from services.gateway.snapshot import Snapshot, load_snapshot
 from services.gateway.sse import EventStreamResponse
 from shared.config import Settings
@@ -40,7 +41,7 @@ async def read_snapshot(
         ) from None
 
 
-@router.get("/state", response_model=Snapshot)
+@router.get("/state", response_model=Snapshot, responses=json_errors(401, 503), dependencies=TOKEN_SECURITY)
 async def onboarding_state(
     request: Request, settings: SettingsDep, options: OptionsDep, sessionmaker: SessionMakerDep
 ) -> Snapshot:
@@ -49,7 +50,13 @@ async def onboarding_state(
     return await read_snapshot(sessionmaker, claims, settings, options.snapshot_timeout_s)
 
 
-@router.get("/events", response_class=EventStreamResponse)
+@router.get(
+    "/events",
+    status_code=200,
+    response_class=EventStreamResponse,
+    responses=EVENT_STREAM_RESPONSES,
+    dependencies=TOKEN_SECURITY,
+)
 async def live_events(
     request: Request, settings: SettingsDep, options: OptionsDep, sessionmaker: SessionMakerDep, hub: HubDep
 ) -> Response:

@@ -13,19 +13,21 @@ import logging
 import random
 import uuid
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from sqlalchemy import delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.gateway.auth import authorize, pick_salon
+from services.gateway.auth import BEARER, authorize, pick_salon
 from services.gateway.deps import SessionMakerDep, SettingsDep
 from services.gateway.errors import ApiError
+from services.gateway.ids import PageSalonId, YClientsId
+from services.gateway.openapi import Accepted, ActivationAccepted, json_body, json_errors
 from services.gateway.publishing import SinkDep
 from shared.config import Settings
 from shared.db.models import ProcessedMessage
@@ -38,7 +40,7 @@ from shared.messages import (
     YClientsDataChanged,
     YClientsWebhookReceived,
 )
-from shared.tokens import MAX_SALON_ID
+from shared.tokens import MAX_TOKEN_CHARS
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["webhooks"])
@@ -53,6 +55,9 @@ DATA_DEDUP_PRUNE_PROBABILITY = 0.01
 _DATA_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c8e-9a3f-2d4b6e8f0a1c")
 
 FORBIDDEN_MESSAGE = "Webhook отклонён: неверный partner_token или application_id."
+# Webhook bodies are a few levels deep; far deeper nesting is an attack on the parsers and serialisers after us.
+MAX_JSON_DEPTH = 32
+TOO_DEEP_MESSAGE = f"JSON в теле запроса вложен глубже {MAX_JSON_DEPTH} уровней."
 
 
 class LifecycleWebhook(BaseModel):
@@ -60,8 +65,8 @@ class LifecycleWebhook(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    salon_id: int = Field(gt=0, le=MAX_SALON_ID)
-    application_id: int
+    salon_id: YClientsId
+    application_id: YClientsId
     event: str = Field(min_length=1, max_length=64)
     partner_token: str = Field(max_length=1024)
 
@@ -71,9 +76,9 @@ class DataWebhook(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    company_id: int = Field(gt=0, le=MAX_SALON_ID)
+    company_id: YClientsId
     resource: str = Field(min_length=1, max_length=64)
-    resource_id: int | str | None = None
+    resource_id: Annotated[int, Strict()] | Annotated[str, Strict(), Field(max_length=256)] | None = None
     status: str | None = Field(default=None, max_length=64)
     data: Any = None
 
@@ -83,11 +88,16 @@ class ActivationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    token: str | None = Field(default=None, max_length=4096)
-    salon_id: int | None = Field(default=None, gt=0, le=MAX_SALON_ID)
+    token: str | None = Field(default=None, max_length=MAX_TOKEN_CHARS)
+    salon_id: PageSalonId | None = None
 
 
-@router.post("/webhook/yclients")
+@router.post(
+    "/webhook/yclients",
+    response_model=Accepted,
+    responses=json_errors(403, 413, 422, 503),
+    openapi_extra=json_body(LifecycleWebhook),
+)
 async def lifecycle_webhook(request: Request, settings: SettingsDep, sink: SinkDep) -> JSONResponse:
     """Lifecycle webhook (uninstall, freeze, payment, ...): 200 once `yclients.webhook_received` is safe."""
     raw = await _json_object(request)
@@ -111,7 +121,12 @@ async def lifecycle_webhook(request: Request, settings: SettingsDep, sink: SinkD
     return JSONResponse({"success": True, "status": "accepted", "message_id": str(msg.id)})
 
 
-@router.post("/webhook/yclients/data")
+@router.post(
+    "/webhook/yclients/data",
+    response_model=Accepted,
+    responses=json_errors(413, 422, 503),
+    openapi_extra=json_body(DataWebhook),
+)
 async def data_webhook(request: Request, sink: SinkDep, sessionmaker: SessionMakerDep) -> JSONResponse:
     """Data webhook (records, clients, ...): de-duplicated, published as `yclients.data_changed`."""
     raw = await _json_object(request)
@@ -152,7 +167,14 @@ async def data_webhook(request: Request, sink: SinkDep, sessionmaker: SessionMak
     return JSONResponse({"success": True, "status": "accepted", "message_id": str(msg.id)})
 
 
-@router.post("/marketplace/activate", status_code=202)
+@router.post(
+    "/marketplace/activate",
+    status_code=202,
+    response_model=ActivationAccepted,
+    responses=json_errors(401, 403, 413, 422, 503),
+    dependencies=[Security(BEARER)],
+    openapi_extra=json_body(ActivationRequest, required=False),
+)
 async def request_activation(request: Request, settings: SettingsDep, sink: SinkDep) -> JSONResponse:
     """Manual (re)activation from the onboarding page: `activation.requested` for the token's salon(s)."""
     raw = await _json_object(request, allow_empty=True)
@@ -219,12 +241,35 @@ async def _json_object(request: Request, *, allow_empty: bool = False) -> dict[s
             return {}
         raise ApiError(422, "invalid_json", "Пустое тело запроса: ожидается JSON-объект.")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, "invalid_json", "Тело запроса — некорректный JSON.") from None
+    except RecursionError:
+        raise ApiError(422, "invalid_json", TOO_DEEP_MESSAGE) from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_json", "Ожидается JSON-объект в теле запроса.")
+    if nesting_exceeds(value, MAX_JSON_DEPTH):
+        raise ApiError(422, "invalid_json", TOO_DEEP_MESSAGE)
     return value
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: Python accepts them, PostgreSQL's jsonb and other consumers do not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """True when objects/arrays nest deeper than `limit` (walked without recursion, so any depth is safe)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _validated(model: type[_M], raw: dict[str, Any]) -> _M:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.auth import authorize, pick_salon
+from services.gateway.auth import BEARER, authorize, pick_salon
 from services.gateway.deps import SessionDep, SettingsDep
 from services.gateway.errors import ApiError
+from services.gateway.openapi import json_errors
 from services.gateway.phone import InvalidPhone, normalize_phone
 from services.gateway.publishing import SinkDep
 from services.gateway.snapshot import session_status
@@ -67,7 +68,13 @@ async def _request_pairing(
     return JSONResponse(body.model_dump(), status_code=202)
 
 
-@router.post("/qr", status_code=202, response_model=PairingAccepted)
+@router.post(
+    "/qr",
+    status_code=202,
+    response_model=PairingAccepted,
+    responses=json_errors(401, 403, 413, 422, 503),
+    dependencies=[Security(BEARER)],
+)
 async def request_qr(
     request: Request, settings: SettingsDep, sink: SinkDep, body: QrRequest | None = None
 ) -> JSONResponse:
@@ -77,7 +84,13 @@ async def request_qr(
     return await _request_pairing(salon_id, "qr", None, sink)
 
 
-@router.post("/pairing-code", status_code=202, response_model=PairingAccepted)
+@router.post(
+    "/pairing-code",
+    status_code=202,
+    response_model=PairingAccepted,
+    responses=json_errors(401, 403, 413, 422, 503),
+    dependencies=[Security(BEARER)],
+)
 async def request_pairing_code(
     request: Request, settings: SettingsDep, sink: SinkDep, body: PairingCodeRequest
 ) -> JSONResponse:
@@ -91,7 +104,7 @@ async def request_pairing_code(
     return await _request_pairing(salon_id, "phone", phone, sink)
 
 
-@router.get("/status/{session_id}", response_model=SessionStatus)
+@router.get("/status/{session_id}", response_model=SessionStatus, responses=json_errors(404, 503))
 async def whatsapp_status(session_id: str, session: SessionDep) -> SessionStatus:
     """`{connected, status}` of a `company_<salon_id>` session (404 for an unknown or malformed id)."""
     try:

@@ -211,24 +211,30 @@ class EmulatorEngine(AbstractWhatsAppEngine):
             log.debug("closing emulator connection failed", extra={"session_id": session_id, "error": repr(exc)})
 
     async def _wait_paired(self, session_id: str, attempt_id: str, live: _Live, ttl_s: float) -> Paired | None:
-        """Wait up to ``ttl_s`` for a phone to accept the attempt (woken by the server's notifications)."""
+        """Wait up to ``ttl_s`` for a phone to accept the attempt (the server's notification wakes us).
+
+        The caller clears ``live.wake`` before issuing the ref or code, so a scan right after is not missed.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ttl_s
         while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(live.wake.wait(), timeout=remaining)
+            except TimeoutError:
+                return None
             live.wake.clear()
             outcome = await self.server.pairing_outcome(session_id, attempt_id)
             if outcome is not None:
                 return outcome
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live.wake.wait(), timeout=remaining)
 
     async def _qr_flow(self, session_id: str, attempt_id: str, keys: ClientKeys, sink: EventSink, live: _Live) -> None:
         t = self.timings
         for seq in range(1, t.qr_refs + 1):
             ttl = t.qr_first_s if seq == 1 else t.qr_next_s
+            live.wake.clear()
             issued = await self.server.issue_ref(session_id, attempt_id, keys.qr_payload(new_ref()), ttl)
             if issued is None:
                 break
@@ -247,6 +253,7 @@ class EmulatorEngine(AbstractWhatsAppEngine):
         self, session_id: str, attempt_id: str, phone: str, keys: ClientKeys, sink: EventSink, live: _Live
     ) -> None:
         ttl = self.timings.code_ttl_s
+        live.wake.clear()
         issued = await self.server.issue_code(session_id, attempt_id, new_pairing_code(), phone, ttl)
         if issued is not None:
             sink(PairingCodeEvent(attempt_id, format_pairing_code(issued.value), issued.expires_at))
