@@ -57,6 +57,11 @@ class PeakRss:
         self.peak = max(self.peak, rss_bytes(self.pid) or 0)
 
 
+async def _current_qr(env: BenchEnv, session_id: str) -> str:
+    value = await env.scalar("SELECT qr_payload FROM whatsapp_sessions WHERE session_id = :sid", sid=session_id)
+    return "" if value is None else str(value)
+
+
 async def _current_qrs(env: BenchEnv, first: int, n: int) -> dict[str, str]:
     rows = await env.sql(
         "SELECT session_id, qr_payload FROM whatsapp_sessions"
@@ -94,7 +99,7 @@ async def _scan_all(env: BenchEnv, whatsapp: ServiceProcess, pairings: dict[str,
                         record.scanned_at = sent
                         break
                     # Stale (the QR rotated meanwhile): read the current one, as a person would rescan.
-                    qrs.update(await _current_qrs(env, first, len(pairings)))
+                    qrs[session_id] = await _current_qr(env, session_id)
         finally:
             await conn.close()
 

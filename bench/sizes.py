@@ -36,7 +36,7 @@ FULL = Sizes(
     seed_rate=50,
     seed_duration_s=10,
     pipeline_messages=10_000,
-    pipeline_rounds=2,
+    pipeline_rounds=1,
     activation_salons=200,
     pairing_sessions=1_000,
 )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.bus.broker import Broker
 from shared.bus.consumer import Consumer, GiveUpHook, Handler
 from shared.bus.outbox import publish_committed, run_relay
-from shared.bus.topology import WorkQueue
+from shared.bus.topology import WorkQueue, declare_all
 from shared.config import Settings
 from shared.db.session import make_engine, make_sessionmaker
 from shared.db.uow import UnitOfWork
@@ -101,6 +101,11 @@ async def run_worker(
         if stop.is_set():
             connect.cancel()
             return
+        # Every work queue exists before anything is published, whichever service started first, so a message
+        # a worker must receive is never unroutable (DESIGN §3: declared idempotently by every service).
+        channel = await broker.open_channel()
+        await declare_all(channel, settings.RETRY_DELAYS_MS)
+        await channel.close()
         parts = await setup(ctx)
         parts_holder.append(parts)
         checks.update(parts.checks)

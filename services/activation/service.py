@@ -40,9 +40,11 @@ from shared.messages import (
     IntegrationStatusChanged,
     Message,
     RequestActivation,
+    RequestPairing,
     WhatsAppConnected,
     WhatsAppLoggedOut,
     salon_id_from_session,
+    session_id_for,
     utcnow,
 )
 from shared.yclients import InstallStatus, YClientsAlreadyInstalled, YClientsError
@@ -495,6 +497,13 @@ async def unfreeze_salon(
             IntegrationStatusChanged(
                 **(cause.follow_up() | {"salon_id": salon_id}),
                 data={"salon_id": salon_id, "status": "active", "previous": "frozen"},
+            )
+        )
+        # Freeze paused the session and kept its credentials: a pairing request resumes it without a new scan.
+        uow.emit(
+            RequestPairing(
+                **(cause.follow_up() | {"salon_id": salon_id}),
+                data={"session_id": session_id_for(salon_id), "mode": "qr"},
             )
         )
         await uow.commit()

@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from services.gateway.snapshot import Snapshot
+from shared.bus.topology import LIVE_UPDATE_KEYS
 from shared.tokens import MAX_SALON_ID, MAX_SALON_IDS
 
 Responses = dict[int | str, dict[str, Any]]
@@ -50,7 +52,7 @@ class ActivationAccepted(BaseModel):
 
 
 _WHY = {
-    400: "The request cannot be used (the reason is in the answer).",
+    400: "The body could not be read as JSON text (e.g. it is not UTF-8).",
     401: "No onboarding token, or it is invalid or expired (`WWW-Authenticate: Bearer`).",
     403: "Not allowed: the token does not cover that salon, or the webhook is not ours.",
     404: "No such resource.",
@@ -132,10 +134,48 @@ INSTALL_RESPONSES: Responses = {
     ),
 }
 ONBOARDING_RESPONSES: Responses = html_pages(s401="The token is missing, invalid or expired: what to do next.")
+
+
+def _event(name: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """One kind of server-sent event: its `event` field and the JSON its `data` carries."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": name,
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "retry": {"type": "integer"},
+        },
+    }
+
+
+# Before OpenAPI 3.2 (`itemSchema`), the `schema` of a text/event-stream describes each event.
+EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "oneOf": [
+        _event({"const": "snapshot"}, {"$ref": _REF.format(model="Snapshot")}),
+        _event(
+            {"const": "expired"},
+            {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+        ),
+        _event(
+            {"enum": list(LIVE_UPDATE_KEYS)},
+            {
+                "type": "object",
+                "required": ["salon_id", "message_id", "occurred_at"],
+                "properties": {
+                    "salon_id": {"type": "integer"},
+                    "message_id": {"type": "string"},
+                    "occurred_at": {"type": "string"},
+                },
+            },
+        ),
+    ]
+}
 EVENT_STREAM_RESPONSES: Responses = {
     200: {
         "description": "A `snapshot` event, then live events and `: ping` heartbeats; `expired` when the token ends.",
-        "content": {"text/event-stream": {"schema": TEXT_SCHEMA}},
+        "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
     },
     **json_errors(401, 429, 503),
 }
@@ -173,7 +213,7 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             _document_probes(schema)
-            _add_models(schema, ErrorBody)
+            _add_models(schema, ErrorBody, Snapshot)
             app.openapi_schema = schema
         return app.openapi_schema
 

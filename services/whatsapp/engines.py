@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -52,6 +53,11 @@ def build_engine(
 
         from services.whatsapp.neonize_engine import NeonizeEngine, neonize_client_factory, store_url_for
 
+        # asyncio.to_thread's default pool has ~cpu+4 threads: with neonize holding one per client, the next
+        # clients (and every stop/logout) would wait for ever. Room for every client plus short calls.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=wa.NEONIZE_MAX_CLIENTS + 32, thread_name_prefix="neonize")
+        )
         own_store = wa.NEONIZE_DATABASE_URL is None
         store_url = wa.NEONIZE_DATABASE_URL or store_url_for(database_url)
         return BuiltEngine(

@@ -101,11 +101,13 @@ class SessionPool:
         """One pass: renew what we hold, drop what we lost, adopt orphans, claim free sessions."""
         me, lease = self.worker_id, self.config.lease_s
         hints, self._hints = self._hints, set()
+        renewing_since = time.monotonic()
         async with self._sessionmaker() as db, db.begin():
             owned = await ownership.renew(db, me, lease)
         self.last_renewed = time.monotonic()
         for session_id, runner in list(self.runners.items()):
-            if session_id not in owned and not runner.done:
+            # A runner started during the renewal (a command just claimed it) is not in its result yet.
+            if session_id not in owned and not runner.done and runner.created_at < renewing_since:
                 log.warning("lease lost; closing the session here", extra={"session_id": session_id})
                 runner.stop(release=False)
         for session_id in owned:

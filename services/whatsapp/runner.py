@@ -17,6 +17,7 @@ import contextvars
 import functools
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class SessionRunner:
         self.seen_connection = False
         self.done = False
         self.task: asyncio.Task[None] | None = None
+        self.created_at = time.monotonic()
 
     # -- control -----------------------------------------------------------------------------------------
     def start(self) -> None:

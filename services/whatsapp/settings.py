@@ -35,7 +35,9 @@ class WhatsAppSettings(BaseSettings):
 
     # neonize: where whatsmeow keeps its store; default: our database, schema ``whatsmeow``.
     NEONIZE_DATABASE_URL: str | None = None
-    NEONIZE_CONNECT_TIMEOUT_S: float = Field(30.0, gt=0)
+    # neonize keeps one thread blocked per open client (its Go call returns only when the client stops), and
+    # every other neonize call needs a free thread too: the loop's default executor is sized for this many.
+    NEONIZE_MAX_CLIENTS: int = Field(1000, ge=1)
 
     @property
     def emulator_code_ttl_s(self) -> float:

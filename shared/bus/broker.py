@@ -16,7 +16,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as PikaPublishError
 
 from shared.bus.errors import PublishError
-from shared.bus.topology import EXCHANGE, declare_exchange
+from shared.bus.topology import EXCHANGE, declare_exchange, requires_consumer
 from shared.messages import Message, encode
 
 log = logging.getLogger(__name__)
@@ -109,23 +109,33 @@ class Broker:
         return channel
 
     async def publish(self, msg: Message, *, headers: Mapping[str, Any] | None = None) -> None:
-        """Publish to the topic exchange and wait for the confirm (raises PublishError)."""
-        await self._publish(amqp_message(msg, headers=headers), msg.type, to_exchange=True)
+        """Publish to the topic exchange and wait for the confirm (raises PublishError).
+
+        A message some worker must handle is published mandatory (unroutable = error); a pure notification
+        (live updates for pages that may not be open) is not, so no listener is not a failure.
+        """
+        await self._publish(
+            amqp_message(msg, headers=headers), msg.type, to_exchange=True, mandatory=requires_consumer(msg.type)
+        )
 
     async def publish_many(self, msgs: list[Message]) -> None:
         """Publish several messages pipelined on one channel, each awaiting its own confirm."""
         await asyncio.gather(*(self.publish(m) for m in msgs))
 
-    async def publish_raw(self, message: aio_pika.Message, *, routing_key: str, exchange: str = EXCHANGE) -> None:
-        """Publish a prepared AMQP message (retry, dead-letter, replay) and wait for the confirm."""
-        await self._publish(message, routing_key, to_exchange=exchange == EXCHANGE)
+    async def publish_raw(
+        self, message: aio_pika.Message, *, routing_key: str, exchange: str = EXCHANGE, mandatory: bool = True
+    ) -> None:
+        """Publish a prepared AMQP message (retry, dead-letter, replay, outbox) and wait for the confirm."""
+        await self._publish(message, routing_key, to_exchange=exchange == EXCHANGE, mandatory=mandatory)
 
-    async def _publish(self, message: aio_pika.Message, routing_key: str, *, to_exchange: bool) -> None:
+    async def _publish(
+        self, message: aio_pika.Message, routing_key: str, *, to_exchange: bool, mandatory: bool
+    ) -> None:
         if not self.is_connected or self._channel is None or self._exchange is None:
             raise PublishError("broker not connected")
         target = self._exchange if to_exchange else self._channel.default_exchange
         try:
-            await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self.publish_timeout_s)
+            await target.publish(message, routing_key=routing_key, mandatory=mandatory, timeout=self.publish_timeout_s)
         except _PUBLISH_FAILURES as exc:
             raise PublishError(f"publish of {routing_key} not confirmed: {exc!r}") from exc
 

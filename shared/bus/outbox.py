@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.broker import Broker
 from shared.bus.errors import PublishError
+from shared.bus.topology import requires_consumer
 from shared.db.models import OutboxMessage
 from shared.db.uow import UnitOfWork, delete_outbox
 
@@ -63,7 +64,7 @@ async def relay_once(
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             try:
-                await broker.publish_raw(msg, routing_key=row.routing_key)
+                await broker.publish_raw(msg, routing_key=row.routing_key, mandatory=requires_consumer(row.routing_key))
                 sent.append(row.id)
             except PublishError as exc:
                 log.warning("outbox publish failed", extra={"outbox_id": str(row.id), "error": str(exc)})

@@ -60,6 +60,13 @@ ACTIVATION = WorkQueue(
     ),
 )
 WORK_QUEUES: tuple[WorkQueue, ...] = (REGISTRATION, WHATSAPP, ACTIVATION)
+_CONSUMED_KEYS = frozenset(key for queue in WORK_QUEUES for key in queue.routing_keys)
+
+
+def requires_consumer(routing_key: str) -> bool:
+    """True when a work queue must receive messages with this key (so an unroutable publish is an error)."""
+    return routing_key in _CONSUMED_KEYS
+
 
 # What the onboarding page shows live; each gateway replica binds its own exclusive queue to these.
 LIVE_UPDATE_KEYS: tuple[str, ...] = (

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from services.gateway.auth import issued_at
 from services.gateway.deps import OptionsDep, SessionMakerDep, SettingsDep
-from services.gateway.openapi import ONBOARDING_RESPONSES
+from services.gateway.openapi import ONBOARDING_RESPONSES, json_errors
 from services.gateway.pages import PAGE_HEADERS, Action, error_page, templates_of
 from services.gateway.snapshot import Snapshot, load_snapshot
 from shared.tokens import ExpiredToken, TokenError, read_onboarding_token
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["onboarding"])
 
 
-@router.get("/marketplace/onboarding", response_class=HTMLResponse, responses=ONBOARDING_RESPONSES)
+@router.get("/marketplace/onboarding", response_class=HTMLResponse, responses={**ONBOARDING_RESPONSES, **json_errors(422)})
 async def onboarding_page(
     request: Request, settings: SettingsDep, options: OptionsDep, sessionmaker: SessionMakerDep, token: str = ""
 ) -> Response:

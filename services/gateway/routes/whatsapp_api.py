@@ -72,7 +72,7 @@ async def _request_pairing(
     "/qr",
     status_code=202,
     response_model=PairingAccepted,
-    responses=json_errors(401, 403, 413, 422, 503),
+    responses=json_errors(400, 401, 403, 413, 422, 503),
     dependencies=[Security(BEARER)],
 )
 async def request_qr(
@@ -88,7 +88,7 @@ async def request_qr(
     "/pairing-code",
     status_code=202,
     response_model=PairingAccepted,
-    responses=json_errors(401, 403, 413, 422, 503),
+    responses=json_errors(400, 401, 403, 413, 422, 503),
     dependencies=[Security(BEARER)],
 )
 async def request_pairing_code(
@@ -104,7 +104,7 @@ async def request_pairing_code(
     return await _request_pairing(salon_id, "phone", phone, sink)
 
 
-@router.get("/status/{session_id}", response_model=SessionStatus, responses=json_errors(404, 503))
+@router.get("/status/{session_id}", response_model=SessionStatus, responses=json_errors(404, 422, 503))
 async def whatsapp_status(session_id: str, session: SessionDep) -> SessionStatus:
     """`{connected, status}` of a `company_<salon_id>` session (404 for an unknown or malformed id)."""
     try:

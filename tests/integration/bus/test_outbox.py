@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.bus import topology as t
 from shared.bus.broker import Broker
 from shared.bus.outbox import publish_committed, relay_once
+from shared.config import Settings
 from shared.db.models import OutboxMessage
 from shared.db.uow import UnitOfWork
 from shared.messages import YClientsDataChanged, decode, encode
@@ -128,13 +129,20 @@ async def test_two_relays_at_once_publish_each_left_behind_row_exactly_once(
     assert delivered == Counter({str(i): 1 for i in ids})
 
 
-async def test_a_row_the_broker_refuses_stays_with_its_attempt_counted(broker: Broker, sessionmaker: Sessions) -> None:
+async def test_a_row_the_broker_refuses_stays_with_its_attempt_counted(
+    settings: Settings, sessionmaker: Sessions
+) -> None:
     row_id = uuid.uuid4()
-    unroutable = f"test.nobody.{uuid.uuid4().hex}"
+    # A broker that never connected refuses every publish, as one that is down would.
+    broker = Broker(settings.RABBITMQ_URL, name="test-down")
     async with sessionmaker() as session:
         session.add(
             OutboxMessage(
-                id=row_id, routing_key=unroutable, body=encode(data_changed(703)), producer="test", attempts=0
+                id=row_id,
+                routing_key=data_changed(703).type,
+                body=encode(data_changed(703)),
+                producer="test",
+                attempts=0,
             )
         )
         await session.commit()

@@ -18,6 +18,7 @@ from shared.messages import (
     Message,
     RegistrationRequested,
     RequestLogout,
+    RequestPairing,
     RequestPause,
     YClientsWebhookReceived,
     session_id_for,
@@ -205,9 +206,14 @@ async def test_payment_unfreezes_once_yclients_says_active(
 
     assert result.effect == "unfrozen"
     assert (await company(sessionmaker, salon)).integration_status == "active"
-    changed = of_type(uow.take_committed(), IntegrationStatusChanged)
+    committed = uow.take_committed()
+    changed = of_type(committed, IntegrationStatusChanged)
     assert len(changed) == 1 and isinstance(changed[0], IntegrationStatusChanged)
     assert (changed[0].data.status, changed[0].data.previous) == ("active", "frozen")
+    # The paused WhatsApp session is asked to come back (from its kept credentials, no new scan).
+    resumed = of_type(committed, RequestPairing)
+    assert len(resumed) == 1 and isinstance(resumed[0], RequestPairing)
+    assert resumed[0].data.session_id == f"company_{salon}"
     # A manual request on an active salon does not call the callback again.
     again = await activate_salon(manual(salon), uow=new_uow(sessionmaker), yclients=yclients, settings=settings)
     assert again.outcome == "already_active"

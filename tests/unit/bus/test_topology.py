@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared import messages as m
 from shared.bus import topology as t
 from shared.bus.errors import PermanentError, TransientError, is_permanent
 
@@ -54,3 +55,12 @@ class Retryable(Exception):
 )
 def test_is_permanent(exc: BaseException, permanent: bool) -> None:
     assert is_permanent(exc) is permanent
+
+
+def test_messages_a_worker_must_handle_are_mandatory_and_notifications_are_not() -> None:
+    for queue in t.WORK_QUEUES:
+        for key in queue.routing_keys:
+            assert t.requires_consumer(key)
+    # Only the onboarding pages listen to these; no open page is not a failure.
+    assert not t.requires_consumer(m.QrIssued.ROUTING_KEY)
+    assert not t.requires_consumer(m.ActivationCompleted.ROUTING_KEY)

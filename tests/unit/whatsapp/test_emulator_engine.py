@@ -74,9 +74,10 @@ async def test_qr_refs_rotate_with_the_same_keys_then_expire() -> None:
     assert len(keys) == 1, "the client's keys stay the same across the refs of one attempt"
     # The first ref lives qr_first_s, the next ones qr_next_s.
     first_life = (qrs[0].expires_at - started).total_seconds()
-    assert 0.25 <= first_life <= 0.5
+    assert 0.3 <= first_life <= 1.0
     gaps = [(b.expires_at - a.expires_at).total_seconds() for a, b in itertools.pairwise(qrs)]
-    assert all(0.1 <= g <= 0.3 for g in gaps), gaps
+    # Each next ref is issued when the previous one expires: gaps of qr_next_s (plus scheduling delay).
+    assert all(0.15 <= g <= 0.6 for g in gaps), gaps
     assert events.of(PairingExpiredEvent) == [PairingExpiredEvent("att-1")]
     assert not engine.is_live(SID)
 
