@@ -129,7 +129,7 @@ async def run(ctx: RunContext) -> BenchResult:
     company_calls = 0
     async with bench_env("B3", ctx) as env:
         sandbox = await asyncio.to_thread(env.start, "sandbox")
-        # As deployed: the gateway's live-update queue is what `registration.completed` is routed to.
+        # As deployed: the gateway's live-update queue receives `registration.completed`.
         await asyncio.to_thread(env.start, "gateway")
         channel = await env.broker.open_channel(publisher_confirms=False)
         await channel.declare_queue(REF_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
@@ -194,9 +194,8 @@ async def run(ctx: RunContext) -> BenchResult:
         "Reference: `python -m bench.refloop`, a plain aio-pika consumer on its own quorum queue with the same "
         "prefetch (32) and an asyncpg pool of 20: one transaction inserting the processed-message id and upserting "
         "the company, then ack. Same tables, same database; no audit row, outbox, follow-ups or enrichment.",
-        "The sandbox and the gateway run as deployed on both sides' runs (the gateway's live-update queue is the "
-        "only binding of `registration.completed` / `registration.enriched`; without it those publishes are "
-        "returned unroutable and every registration goes through a retry — see the notes).",
+        "The sandbox and the gateway run as deployed during both sides' runs (the gateway's live-update queue "
+        "receives `registration.completed` / `registration.enriched`).",
         "Both sides run on the standard asyncio loop.",
     ]
     for side in ("ours", "reference"):

@@ -16,7 +16,7 @@ from bench.rawhttp import Connection, Request
 from bench.stats import Summary
 from shared.bus.topology import EXCHANGE, declare_exchange
 from shared.messages import Message, RequestPairing, WhatsAppConnected, decode, session_id_for
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ROOT, ServiceProcess
 
 FIRST_SALON = 30_000_000
 SCAN_CONNECTIONS = 50
@@ -127,7 +127,7 @@ async def run(ctx: RunContext) -> BenchResult:
             for name in ("activation", "registration"):
                 if name in processes:
                     await asyncio.to_thread(processes[name].stop)
-            await _pairing(env, processes["whatsapp"], n, result)
+            await _pairing(env, processes["whatsapp"], n, result, ctx)
 
     result.method = [
         f"Every service started as deployed on a private database and vhost, left idle for {SETTLE_S:g} s, then its "
@@ -144,7 +144,7 @@ async def run(ctx: RunContext) -> BenchResult:
     return result
 
 
-async def _pairing(env: BenchEnv, whatsapp: ServiceProcess, n: int, result: BenchResult) -> None:
+async def _pairing(env: BenchEnv, whatsapp: ServiceProcess, n: int, result: BenchResult, ctx: RunContext) -> None:
     salons = range(FIRST_SALON, FIRST_SALON + n)
     pairings = {session_id_for(s): Pairing() for s in salons}
     channel = await env.broker.open_channel(publisher_confirms=False)
@@ -176,6 +176,8 @@ async def _pairing(env: BenchEnv, whatsapp: ServiceProcess, n: int, result: Benc
         await poll(all_issued, timeout=60 + n / 10, interval=0.2, what=f"{n} QR codes issued")
     issued_s = time.perf_counter() - started
     pairing_rss = mib(rss_bytes(pid))
+    profiler = ctx.profiler()
+    recording = profiler.start(pid, "whatsapp-pairing") if profiler is not None else None
     with PeakRss(pid) as scanning:
         scan_started = time.perf_counter()
         await _scan_all(env, whatsapp, pairings, FIRST_SALON)
@@ -188,6 +190,17 @@ async def _pairing(env: BenchEnv, whatsapp: ServiceProcess, n: int, result: Benc
         except TimeoutError as exc:
             result.notes.append(str(exc))
         all_done = time.perf_counter() - scan_started
+    if profiler is not None and recording is not None:
+        profile = await asyncio.to_thread(
+            profiler.finish,
+            recording,
+            label=f"ours: whatsapp worker, {n} sessions scanned and connecting",
+            root=str(ROOT),
+            duration_s=all_done,
+            stop=True,
+        )
+        if profile is not None:
+            ctx.findings += profile.markdown()
     connected_rss = mib(rss_bytes(pid))
     await channel.close()
     latencies = [
@@ -211,6 +224,9 @@ async def _pairing(env: BenchEnv, whatsapp: ServiceProcess, n: int, result: Benc
     result.figure("sessions scanned (200)", float(scanned), "sessions", f"{stale} stale-QR answers (409) rescanned")
     result.figure(
         "sessions connected", float(len(latencies)), "sessions", f"all within {all_done:.1f} s of the first scan"
+    )
+    result.figure(
+        "pairings completed per second", len(latencies) / all_done if all_done else None, "sessions/s", "burst drain"
     )
     result.figure("scan → connected p50", None if summary.p50 is None else summary.p50 * 1000, "ms")
     result.figure("scan → connected p99", None if summary.p99 is None else summary.p99 * 1000, "ms")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 DEAD_QUEUES = ("registration", "whatsapp", "activation")
 POLL_S = 2.0
 CALLBACK_PATH = "/marketplace/partner/callback"
+_SALON_IN_PATH = re.compile(r"/(?:company|salon)/([0-9]+)")
 
 
 async def _database_facts(world: World, ids: list[int], obs: Observed) -> None:
@@ -81,9 +84,44 @@ async def _database_facts(world: World, ids: list[int], obs: Observed) -> None:
 
 
 def _salon_of_call(call: dict[str, Any]) -> int | None:
+    """The salon a YClients call was about: its body's `salon_id`, or the id in its path."""
     body = call.get("body")
     value = body.get("salon_id") if isinstance(body, dict) else None
-    return value if isinstance(value, int) else None
+    if isinstance(value, int):
+        return value
+    found = _SALON_IN_PATH.search(str(call.get("path", "")))
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """What the sandbox answered to the calls about some salons."""
+
+    total: int
+    by_status: dict[str, int]
+    faults: dict[str, int]
+    rate_limited: int
+
+    def describe(self) -> str:
+        """One line for the notes."""
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_status.items()))
+        faults = ", ".join(f"{k}: {v}" for k, v in sorted(self.faults.items())) or "none"
+        return (
+            f"the sandbox received {self.total} YClients calls for these salons ({statuses}); injected faults "
+            f"({faults}); refused by its own 5 rps / 200 per minute limit: {self.rate_limited}"
+        )
+
+
+async def call_stats(world: World, salon_ids: Iterable[int]) -> CallStats:
+    """Statuses, injected faults and rate-limit refusals of the YClients calls about these salons."""
+    assert world.http is not None
+    ids = set(salon_ids)
+    response = await world.http.get(f"{world.sandbox_url}/__sandbox/calls")
+    response.raise_for_status()
+    calls = [c for c in response.json() if _salon_of_call(c) in ids]
+    by_status = Counter(str(c.get("status")) for c in calls)
+    faults = Counter(str(c["fault"]) for c in calls if c.get("fault"))
+    return CallStats(len(calls), dict(by_status), dict(faults), sum(1 for c in calls if c.get("rate_limited")))
 
 
 async def _sandbox_facts(world: World, ids: set[int], obs: Observed) -> None:

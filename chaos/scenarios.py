@@ -23,6 +23,7 @@ from chaos.faults import (
     hold_outage,
 )
 from chaos.load import LIFECYCLE_EVENTS, Mix, Plan, make_plans
+from chaos.observe import call_stats
 from chaos.run import Run, ScenarioResult, Timing
 from chaos.world import World
 from shared.bus.replay import DeadQueueMissing, move_dead, selector
@@ -235,7 +236,7 @@ async def r4_bad_network(world: World, options: Options) -> ScenarioResult:
     """The broker connection through the proxy: latency and jitter, with cuts, resets and short outages."""
     proxy = world.broker_proxy
     assert proxy is not None
-    salons = world.new_salons(_size(options, 8, 30))
+    salons = world.new_salons(_size(options, 8, 40))
     rng = random.Random(options.seed + 4)
     plans = make_plans(salons, Mix(), rng)
     actions: Counter[str] = Counter()
@@ -246,7 +247,7 @@ async def r4_bad_network(world: World, options: Options) -> ScenarioResult:
 
         async def disturb() -> None:
             turn = 0
-            while not await _until(done, rng.uniform(3.0, 6.0)):
+            while not await _until(done, rng.uniform(8.0, 14.0)):
                 action = ("cut", "reset", "outage")[turn % 3]
                 turn += 1
                 actions[action] += 1
@@ -256,12 +257,12 @@ async def r4_bad_network(world: World, options: Options) -> ScenarioResult:
                     proxy.reset()
                 else:
                     proxy.down()
-                    await asyncio.sleep(rng.uniform(1.0, 3.0))
+                    await asyncio.sleep(rng.uniform(1.0, 2.0))
                     proxy.up()
 
         chaos = asyncio.create_task(disturb())
         try:
-            await run.load(plans, spacing_s=0.6)
+            await run.load(plans, spacing_s=1.0)
         finally:
             done.set()
             await chaos
@@ -269,9 +270,11 @@ async def r4_bad_network(world: World, options: Options) -> ScenarioResult:
             proxy.up()
         stats = proxy.stats()
         notes = [
-            "broker connections through the proxy with 30–100 ms latency each way; every 3–6 s one of: "
+            "broker connections through the proxy with 30–100 ms latency each way; every 8–14 s one of: "
             f"all connections closed (×{actions['cut']}), reset with RST (×{actions['reset']}), "
-            f"refused for 1–3 s (×{actions['outage']}); the proxy accepted {stats.accepted} connections in all."
+            f"refused for 1–2 s (×{actions['outage']}); the proxy accepted {stats.accepted} connections in all. "
+            "(aio-pika's robust connection waits 5 s before each reconnect, so every disruption costs a service "
+            "its broker for at least that long.)"
         ]
         return await _finish(run, "R4", "broker connection: latency, cuts, resets", notes)
 
@@ -290,21 +293,18 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
 
     async with Run(world, timing=options.timing, seed=options.seed + 5) as run:
         done = asyncio.Event()
-        # Applied in this order: a call first risks a lost 201, then a timeout, then a 5xx.
+        # Applied in this order: the first callbacks are refused for good (401), then a call risks a lost 201,
+        # a timeout, a 5xx; 429 bursts are added as the load runs.
+        await add_sandbox_fault(world, endpoint="callback", mode="401", count=permanent)
         await add_sandbox_fault(world, endpoint="callback", mode="lost_response", probability=0.05, delay_s=4)
         await add_sandbox_fault(world, endpoint="*", mode="timeout", probability=0.1, delay_s=4)
         await add_sandbox_fault(world, endpoint="*", mode="5xx", probability=0.3)
 
         async def burst_429() -> None:
             nonlocal bursts
-            added_401 = False
             while not await _until(done, rng.uniform(4.0, 8.0)):
                 await add_sandbox_fault(world, endpoint="*", mode="429", count=rng.randint(3, 6))
                 bursts += 1
-                if not added_401:
-                    # Not the first callbacks: a subset in the middle of the load is refused for good.
-                    await add_sandbox_fault(world, endpoint="callback", mode="401", count=permanent)
-                    added_401 = True
 
         chaos = asyncio.create_task(burst_429())
         try:
@@ -315,6 +315,7 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
         finally:
             done.set()
             await clear_sandbox_faults(world)
+        stats = await call_stats(world, salons)
         dead_before = len(before.evaluation.dead)
         moved = 0
         for queue in ("registration", "whatsapp", "activation"):
@@ -325,7 +326,7 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
         notes = [
             "sandbox faults on every YClients endpoint: 5xx p=0.3, timeouts p=0.1 (4 s, the client gives up at 2 s), "
             f"lost 201 answers on the callback p=0.05, {bursts} bursts of 3–6 × 429 on top of the 5 rps limit; "
-            f"{permanent} callback(s) answered 401 (permanent).",
+            f"{permanent} callback(s) answered 401 (permanent). Until the replay {stats.describe()}.",
             f"before the replay: {dead_before} message(s) in `.dead` "
             f"({parked or 'none'}), "
             f"{before.evaluation.pending} acknowledged operation(s) not applied outside them; "
@@ -339,7 +340,12 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
         result = await _finish(
             run, "R5", "YClients faults, permanent failures replayed", notes, broken=broken, dead_before=dead_before
         )
-        result.metrics = {"dead_before_replay": dead_before, "replayed": moved, "bursts_429": bursts}
+        result.metrics = {
+            "dead_before_replay": dead_before,
+            "replayed": moved,
+            "bursts_429": bursts,
+            "sandbox_rate_limited": stats.rate_limited,
+        }
         if result.evaluation.dead:
             result.evaluation.anomalies.append(
                 f"{len(result.evaluation.dead)} message(s) still in `.dead` after the replay"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from chaos.invariants import Evaluation
 from chaos.model import Row
+from chaos.report import text_table
 from chaos.run import ScenarioResult
 from chaos.scenarios import SCENARIOS, Options
 from chaos.world import World, WorldOptions
@@ -54,7 +55,14 @@ async def run_scenario(world: World, key: str, options: Options, limit_s: float)
         log.exception("%s did not finish", key)
         result = failed_result(key, exc)
     result.seconds = time.monotonic() - started
-    log.info("%s: %s", key, "ok" if result.ok else "FAIL")
+    log.info(
+        "%s: %s in %.0f s\n%s\n%s",
+        key,
+        "ok" if result.ok else "FAIL",
+        result.seconds,
+        text_table([result.row]),
+        "\n".join(f"  - {n}" for n in result.notes),
+    )
     return result
 
 

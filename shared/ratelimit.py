@@ -64,8 +64,17 @@ def next_slot(slots: Sequence[float], now: float, windows: Sequence[Window], mar
     slot = max(now, slots[-1]) if slots else now
     for window in windows:
         if len(slots) >= window.count:
-            slot = max(slot, slots[-window.count] + window.seconds + margin_s)
+            slot = max(slot, slots[-window.count] + window.seconds + window_margin(window, margin_s))
     return slot
+
+
+def window_margin(window: Window, margin_s: float) -> float:
+    """How much a window is widened: the fixed jitter plus 1% of its length.
+
+    A call that was due first can reach YClients late (a busy event loop, a slow connect) while a later one
+    arrives on time; over a one-minute window that skew grows with load, so the margin grows with the window.
+    """
+    return margin_s + 0.01 * window.seconds
 
 
 def yclients_windows(settings: Settings) -> list[Window]:

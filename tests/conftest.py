@@ -12,11 +12,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.bus.broker import Broker
 from shared.config import Settings
 from shared.db.session import make_engine, make_sessionmaker
+from tests.security.logscan import InProcessLog, capture_inprocess_logs
 from tests.support.infra import Infra, create_infra, destroy_infra
 
 PARTNER_TOKEN = "test-partner-token-7f3a9c1e5b"
 JWT_SECRET = "test-jwt-secret-0b8e4d2a6c9f1e3a"
 APP_ID = 4242
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inprocess_logs() -> Iterator[InProcessLog]:
+    """Every log line of the test process, as JSON lines in test-output/logs/inprocess.log (the leak scan reads it)."""
+    with capture_inprocess_logs() as capture:
+        yield capture
 
 
 @pytest.fixture(scope="session")

@@ -170,7 +170,7 @@ EVENT_SCHEMA: dict[str, Any] = {
                 },
             },
         ),
-    ]
+    ],
 }
 EVENT_STREAM_RESPONSES: Responses = {
     200: {
@@ -209,9 +209,7 @@ def install_openapi(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             _document_probes(schema)
             _add_models(schema, ErrorBody, Snapshot)
             app.openapi_schema = schema

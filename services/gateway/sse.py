@@ -81,10 +81,12 @@ class EventStreamResponse(Response):
                 if not isinstance(exc, OSError):
                     log.warning("event stream failed", extra={"error": repr(exc)}, exc_info=exc)
         finally:
+            # First, before any await: a cancelled request (a server or middleware cancelling the task) is
+            # cancelled again at the next await, and the stream's slot for its token would never be freed.
+            self.subscription.close()
             for task in (stream, gone):
                 task.cancel()
             await asyncio.gather(stream, gone, return_exceptions=True)
-            self.subscription.close()
 
     @staticmethod
     async def _client_gone(receive: Receive) -> None:

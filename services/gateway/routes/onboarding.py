@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["onboarding"])
 
 
-@router.get("/marketplace/onboarding", response_class=HTMLResponse, responses={**ONBOARDING_RESPONSES, **json_errors(422)})
+@router.get(
+    "/marketplace/onboarding", response_class=HTMLResponse, responses={**ONBOARDING_RESPONSES, **json_errors(422)}
+)
 async def onboarding_page(
     request: Request, settings: SettingsDep, options: OptionsDep, sessionmaker: SessionMakerDep, token: str = ""
 ) -> Response:

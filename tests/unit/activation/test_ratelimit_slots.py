@@ -26,18 +26,25 @@ def max_in_window(slots: list[float], seconds: float) -> int:
 def test_a_burst_queues_five_per_second_and_two_hundred_per_minute() -> None:
     slots = reserve(260)
     assert slots[:5] == [0.0] * 5
-    assert slots[5] == pytest.approx(1.0)
+    assert slots[5] == pytest.approx(1.01)  # every window is widened by 1% of its length
     assert max_in_window(slots, 1.0) == 5
     assert max_in_window(slots, 60.0) == 200
-    assert slots[200] == pytest.approx(60.0)  # the 201st call waits for the first to leave the minute
+    assert slots[200] == pytest.approx(60.6)  # the 201st call waits for the first to leave the (widened) minute
     assert slots == sorted(slots)
 
 
 def test_the_margin_widens_every_window() -> None:
     slots = reserve(11, margin=0.2)
-    assert slots[5] == pytest.approx(1.2)
-    assert slots[10] == pytest.approx(2.4)
+    assert slots[5] == pytest.approx(1.21)
+    assert slots[10] == pytest.approx(2.42)
     assert max_in_window([s - 0.19 if i % 5 == 0 else s for i, s in enumerate(slots)], 1.0) <= 5
+
+
+def test_a_late_first_call_cannot_crowd_the_minute() -> None:
+    # The first call of a minute reaches YClients half a second late, the 201st on time: still 200 per minute.
+    slots = reserve(201, margin=0.2)
+    arrivals = [slots[0] + 0.5, *slots[1:]]
+    assert max_in_window(arrivals, 60.0) <= 200
 
 
 def test_a_quiet_limiter_answers_now() -> None:
