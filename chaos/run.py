@@ -148,12 +148,12 @@ class Run:
         ours, library = self.world.log_problems()
         if ours:
             notes.append(
-                "service log lines at ERROR or with a traceback (our code): "
-                + ", ".join(f"{name} {count}" for name, count in ours.items())
+                "service log lines at ERROR (or tracebacks) in this world so far: "
+                + "; ".join(f"{what} ×{count}" for what, count in ours.most_common(6))
             )
         if library:
             notes.append(
-                f"{sum(library.values())} ERROR line(s) from aio-pika/aiormq about cut connections "
+                f"{library} ERROR line(s) from aio-pika/aiormq about cut connections "
                 "(the client library's reconnect callbacks; no effect on the counts above)."
             )
         return notes

@@ -192,7 +192,7 @@ async def r2_broker_outage(world: World, options: Options) -> ScenarioResult:
         notes = [
             f"{outage.description} for {outage_s} s, after {active}/{len(warm)} warm salons were active; "
             f"{len(during)} of {len(hooks)} lifecycle webhooks were answered during the outage "
-            f"(slowest answer {max((op.acked_at or 0) - op.started_at for op in hooks) if hooks else 0:.1f} s); "
+            f"(slowest answer {max((op.acked_at or 0) - op.started_at for op in hooks) if hooks else 0:.2f} s); "
             f"the outbox held {held} message(s) when the broker came back; "
             f"{len(fresh)} new installs started during the outage."
         ]
@@ -302,8 +302,8 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
 
         async def burst_429() -> None:
             nonlocal bursts
-            while not await _until(done, rng.uniform(4.0, 8.0)):
-                await add_sandbox_fault(world, endpoint="*", mode="429", count=rng.randint(3, 6))
+            while not await _until(done, rng.uniform(8.0, 15.0)):
+                await add_sandbox_fault(world, endpoint="*", mode="429", count=rng.randint(3, 5))
                 bursts += 1
 
         chaos = asyncio.create_task(burst_429())
@@ -323,11 +323,13 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
                 report = await move_dead(world.broker, queue, select=selector(salons=salons), dry_run=False)
                 moved += len(report.moved)
         parked = "; ".join(f"{d.type} salon {d.salon_id}: {d.reason[:120]}" for d in before.evaluation.dead)
+        exhausted = sum(1 for d in before.evaluation.dead if d.reason.startswith("exhausted"))
         notes = [
             "sandbox faults on every YClients endpoint: 5xx p=0.3, timeouts p=0.1 (4 s, the client gives up at 2 s), "
-            f"lost 201 answers on the callback p=0.05, {bursts} bursts of 3–6 × 429 on top of the 5 rps limit; "
+            f"lost 201 answers on the callback p=0.05, {bursts} bursts of 3–5 × 429 on top of the 5 rps limit; "
             f"{permanent} callback(s) answered 401 (permanent). Until the replay {stats.describe()}.",
-            f"before the replay: {dead_before} message(s) in `.dead` "
+            f"before the replay: {dead_before} message(s) in `.dead`, {dead_before - exhausted} permanent and "
+            f"{exhausted} with their {len(world.options.retry_delays_ms) + 1} attempts exhausted by transient faults "
             f"({parked or 'none'}), "
             f"{before.evaluation.pending} acknowledged operation(s) not applied outside them; "
             f"faults cleared, `shared.bus.replay.move_dead` moved {moved} message(s) back.",
@@ -341,6 +343,7 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
             run, "R5", "YClients faults, permanent failures replayed", notes, broken=broken, dead_before=dead_before
         )
         result.metrics = {
+            "exhausted_before_replay": exhausted,
             "dead_before_replay": dead_before,
             "replayed": moved,
             "bursts_429": bursts,

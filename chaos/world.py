@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import signal
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +35,6 @@ from tests.support.processes import OUTPUT, ROOT, ServiceProcess, Stack, free_po
 
 log = logging.getLogger(__name__)
 
-WORKER_ROLES = ("registration", "activation", "whatsapp")
 WHATSAPP_WORKER_EXISTS = (ROOT / "services" / "whatsapp" / "__main__.py").exists()
 APP_ID = 4242
 _QUEUE_NAMES = ("registration", "whatsapp", "activation")
@@ -190,6 +191,8 @@ class World:
                 self.broker_proxy.set_latency(0)
                 self.broker_proxy.up()
                 self.db_proxy.up()
+            with contextlib.suppress(Exception):
+                await self.terminate_all()
             await asyncio.to_thread(self.stack.stop_all)
         if self.proxies is not None:
             self.proxies.close()
@@ -238,7 +241,7 @@ class World:
 
     async def terminate_all(self) -> list[ExitTime]:
         """SIGTERM every service instance at once (not the sandbox) and time each exit."""
-        procs = [p for role in self.roles() for p in self.procs[role]]
+        procs = [p for role in self.roles() for p in self.procs.get(role, []) if p.proc.poll() is None]
         started = time.monotonic()
         for proc in procs:
             proc.signal(signal.SIGTERM)
@@ -304,21 +307,32 @@ class World:
                 total += int(parts[1])
         return total
 
-    def log_problems(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Per service log: ERROR lines (or tracebacks) of our code, and those of the AMQP client library."""
-        ours: dict[str, int] = {}
-        library: dict[str, int] = {}
+    def log_problems(self) -> tuple[Counter[str], int]:
+        """ERROR lines (or tracebacks) of our code by service and message, and how many the AMQP library wrote."""
+        ours: Counter[str] = Counter()
+        library = 0
         for path in sorted(Path(self.log_dir).glob("*.log")):
+            service = path.stem.split("-")[1] if "-" in path.stem else path.stem
             for line in path.read_text(errors="replace").splitlines():
                 if not _is_problem(line):
                     continue
-                target = library if any(f'"logger": "{lib}' in line for lib in _LIBRARY_LOGGERS) else ours
-                target[path.name] = target.get(path.name, 0) + 1
+                if any(f'"logger": "{lib}' in line for lib in _LIBRARY_LOGGERS):
+                    library += 1
+                    continue
+                ours[f"{service}: {_message_of(line)}"] += 1
         return ours, library
 
 
 # aio-pika and aiormq log their own reconnect callbacks at ERROR when a connection is cut.
 _LIBRARY_LOGGERS = ("aio_pika", "aiormq")
+
+
+def _message_of(line: str) -> str:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line[:120]
+    return str(entry.get("msg", ""))[:120] if isinstance(entry, dict) else line[:120]
 
 
 def _is_problem(line: str) -> bool:

@@ -59,7 +59,11 @@ def main() -> int:
     for name, module, var, default in SERVICES:
         log = (LOGS / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env={**env, "SERVICE_NAME": name}, stdout=log, stderr=log
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env={**env, "SERVICE_NAME": name},
+            stdout=log,
+            stderr=log,
         )
         procs.append((name, proc, f"http://127.0.0.1:{port_of(var, default)}/readyz"))
 

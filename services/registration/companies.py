@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -69,7 +69,7 @@ async def upsert_company(session: AsyncSession, salon_id: int, user: Marketplace
             "last_error": None,
         }
     on_conflict["updated_at"] = stmt.excluded.updated_at
-    row: Row[Any] = (
+    row = (
         await session.execute(
             stmt.on_conflict_do_update(index_elements=[Company.yclients_id], set_=on_conflict).returning(
                 Company.id, Company.title, Company.integration_status, Company.enriched_at

@@ -146,6 +146,28 @@ async def test_markup_and_sql_in_signed_user_data_are_stored_verbatim(
     assert await company_count(sessionmaker) == companies_before + 1
 
 
+async def test_signed_user_data_too_long_or_with_nul_bytes_still_registers(
+    http: httpx.AsyncClient, settings: Settings, channel: AbstractChannel, sessionmaker: Sessions
+) -> None:
+    """The columns hold 255/64 characters and PostgreSQL text no NUL: the worker would fail on every delivery."""
+    salon_id = new_salon_id()
+    user = {"id": "9" * 300, "name": "Анна\x00" + "я" * 300, "email": "a" * 300 + "@x.example", "phone": "7" * 100}
+    query = urlencode([("salon_id", str(salon_id)), *signed_user_data(settings, user).items()], quote_via=quote)
+    assert (await http.get("/auth/yclients/redirect?" + query)).status_code == 302
+
+    msg = await take_from_queue(
+        channel, REGISTRATION.name, lambda m: isinstance(m, RegistrationRequested) and m.salon_id == salon_id
+    )
+    assert isinstance(msg, RegistrationRequested) and msg.data.user is not None
+    async with sessionmaker() as session:
+        await upsert_company(session, salon_id, msg.data.user)
+        await session.commit()
+        row = (await session.execute(select(Company).where(Company.yclients_id == salon_id))).scalar_one()
+    assert row.marketplace_user_name == "Анна" + "я" * 251
+    assert row.marketplace_user_id == "9" * 255 and row.marketplace_user_phone == "7" * 64
+    assert row.marketplace_user_email == "a" * 255
+
+
 async def test_the_same_user_data_unsigned_is_refused(
     http: httpx.AsyncClient, settings: Settings, no_effect: NoEffect
 ) -> None:

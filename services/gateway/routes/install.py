@@ -13,6 +13,7 @@ from services.gateway.deps import SettingsDep
 from services.gateway.openapi import INSTALL_RESPONSES, install_parameters
 from services.gateway.pages import Action, error_page
 from services.gateway.publishing import SinkDep, Unavailable
+from services.gateway.userdata import storable_user
 from shared.config import Settings
 from shared.logging import log_context
 from shared.messages import MarketplaceUser, RegistrationRequested, RegistrationRequestedData
@@ -59,8 +60,8 @@ async def install_redirect(request: Request, settings: SettingsDep, sink: SinkDe
     user_data = request.query_params.get("user_data")
     if user_data is not None:
         try:
-            user = verify_user_data(
-                user_data, request.query_params.get("user_data_sign"), settings.YCLIENTS_PARTNER_TOKEN
+            user = storable_user(
+                verify_user_data(user_data, request.query_params.get("user_data_sign"), settings.YCLIENTS_PARTNER_TOKEN)
             )
         except (InvalidSignature, InvalidUserData) as exc:
             # The reason is ours (no secret in it); the sign and the data themselves are never logged.

@@ -222,7 +222,7 @@ def _close_connections(infra: Infra, connection_name: str) -> int:
     ).stdout
     closed = 0
     for line in listed.splitlines():
-        pid, vhost, properties = (line.split("\t", 2) + ["", ""])[:3]
+        pid, vhost, properties = [*line.split("\t", 2), "", ""][:3]
         if vhost == infra.vhost and f'{{"connection_name","{connection_name}"}}' in properties:
             subprocess.run(
                 ["rabbitmqctl", "-q", "close_connection", pid, "test: broker restart"],

@@ -42,8 +42,12 @@ class FakeDirectory:
         if self.fail is not None:
             raise self.fail
         return CompanyProfile(
-            id=salon_id, title=f"Бьюти-студия «Лотос» {salon_id}", phone="79001234567",
-            timezone="Europe/Moscow", city="Москва", address="ул. Ленина, 1",
+            id=salon_id,
+            title=f"Бьюти-студия «Лотос» {salon_id}",
+            phone="79001234567",
+            timezone="Europe/Moscow",
+            city="Москва",
+            address="ул. Ленина, 1",
         )
 
 
@@ -61,7 +65,9 @@ async def events(sm: async_sessionmaker[AsyncSession], salon_id: int, event_type
         return int(
             (
                 await s.execute(
-                    select(func.count()).where(MarketplaceEvent.salon_id == salon_id, MarketplaceEvent.event_type == event_type)
+                    select(func.count()).where(
+                        MarketplaceEvent.salon_id == salon_id, MarketplaceEvent.event_type == event_type
+                    )
                 )
             ).scalar_one()
         )
@@ -161,7 +167,9 @@ async def test_enrichment_stores_the_profile(sessionmaker: async_sessionmaker[As
     uow = UnitOfWork(sessionmaker, producer="registration")
     directory = FakeDirectory()
 
-    assert await enrich_company(EnrichmentRequested(salon_id=salon, data={"salon_id": salon}), uow=uow, yclients=directory)
+    assert await enrich_company(
+        EnrichmentRequested(salon_id=salon, data={"salon_id": salon}), uow=uow, yclients=directory
+    )
 
     row = await company(sessionmaker, salon)
     assert row is not None
