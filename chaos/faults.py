@@ -84,14 +84,14 @@ def pg_cluster() -> tuple[str, str]:
 
 
 class RealDbRestart:
-    """`pg_ctlcluster … stop -m fast` / `start`: the real database, for everyone on this machine."""
+    """`pg_ctlcluster --mode fast … stop` / `start`: the real database, for everyone on this machine."""
 
-    description = "PostgreSQL stopped and started for real (`pg_ctlcluster … stop -m fast` … `start`)"
+    description = "PostgreSQL stopped and started for real (`pg_ctlcluster --mode fast … stop` … `start`)"
 
     async def begin(self) -> None:
         """Stop the cluster (fast: open transactions are rolled back, connections dropped)."""
         version, name = pg_cluster()
-        await run_command("pg_ctlcluster", "--skip-systemctl-redirect", version, name, "stop", "-m", "fast")
+        await run_command("pg_ctlcluster", "--skip-systemctl-redirect", "--mode", "fast", version, name, "stop")
 
     async def end(self) -> None:
         """Start the cluster again."""

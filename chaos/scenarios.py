@@ -100,22 +100,29 @@ async def r1_sigkill(world: World, options: Options) -> ScenarioResult:
         done = asyncio.Event()
 
         restarting: dict[str, asyncio.Task[None]] = {}
+        ready_at: dict[str, float] = {}
+        # A restarted instance works this long before its role is hit again: killing it faster than it can
+        # drain its prefetch only proves that the broker's delivery limit parks messages of a crash loop.
+        min_uptime_s = 3.0 if options.short else 8.0
 
         async def bring_back(role: str, index: int, killed_at: float) -> None:
             await asyncio.sleep(rng.uniform(0.3, 1.2))
             await world.restart(role, index)
-            back = time.monotonic() - run.started
+            ready_at[role] = time.monotonic()
+            back = ready_at[role] - run.started
             timeline.append(f"{role}#{index + 1} at {killed_at:.0f} s (ready again at {back:.0f} s)")
 
         async def killer() -> None:
             await asyncio.sleep(1.0)
             turn = 0
             # Every role `rounds` times at least; the full form goes on until the load ends. A role whose
-            # last victim is still starting is skipped, so one gateway always answers.
+            # last victim is still starting (or only just started) is skipped, so one gateway always answers.
             while turn < rounds * len(roles) or not (done.is_set() or options.short):
                 role = roles[turn % len(roles)]
                 pending = restarting.get(role)
-                if pending is not None and not pending.done():
+                if (pending is not None and not pending.done()) or (
+                    time.monotonic() - ready_at.get(role, 0.0) < min_uptime_s
+                ):
                     await asyncio.sleep(0.2)
                     continue
                 turn += 1
@@ -131,8 +138,12 @@ async def r1_sigkill(world: World, options: Options) -> ScenarioResult:
         await chaos
         await world.restart_all()
         retried = [op for op in run.history.ops if op.attempts > 1]
+        per_role = Counter(t.split("#", 1)[0] for t in timeline)
         notes = [
-            f"{len(timeline)} SIGKILLs, each instance restarted at once on its port: " + ", ".join(timeline) + ".",
+            f"{len(timeline)} SIGKILLs ({', '.join(f'{r} ×{per_role[r]}' for r in roles)}), each instance restarted "
+            f"at once on its port and left up ≥ {min_uptime_s:.0f} s before its role was hit again; first ones: "
+            + ", ".join(timeline[:8])
+            + ".",
             f"instances: {', '.join(f'{r} ×{len(world.procs[r])}' for r in roles)}; "
             f"{len(retried)} operation(s) needed more than one attempt "
             f"(most: {max((op.attempts for op in retried), default=1)}), retried on the other gateway / phone.",

@@ -61,6 +61,16 @@ class WorkerContext:
 
 
 @dataclass
+class ConsumerSpec:
+    """One more queue a worker consumes, with its own handlers and prefetch."""
+
+    queue: WorkQueue
+    handlers: Mapping[type[Message], Handler]
+    prefetch: int
+    on_give_up: GiveUpHook | None = None
+
+
+@dataclass
 class WorkerParts:
     """What a service plugs into the skeleton."""
 
@@ -71,6 +81,7 @@ class WorkerParts:
     background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     queue: WorkQueue | None = None
+    extra_consumers: list[ConsumerSpec] = field(default_factory=list)
 
 
 Setup = Callable[[WorkerContext], Awaitable[WorkerParts]]
@@ -111,16 +122,18 @@ async def run_worker(
         checks.update(parts.checks)
         if parts.router is not None:
             app.include_router(parts.router)
-        consumer = Consumer(
-            broker,
-            parts.queue or queue,
-            parts.handlers,
-            retry_delays_ms=settings.RETRY_DELAYS_MS,
-            prefetch=settings.PREFETCH,
-            on_give_up=parts.on_give_up,
-        )
-        await consumer.start()
-        consumers.append(consumer)
+        specs = [ConsumerSpec(parts.queue or queue, parts.handlers, settings.PREFETCH, parts.on_give_up)]
+        for spec in [*specs, *parts.extra_consumers]:
+            consumer = Consumer(
+                broker,
+                spec.queue,
+                spec.handlers,
+                retry_delays_ms=settings.RETRY_DELAYS_MS,
+                prefetch=spec.prefetch,
+                on_give_up=spec.on_give_up,
+            )
+            await consumer.start()
+            consumers.append(consumer)
         tasks.append(
             asyncio.create_task(
                 run_relay(broker, ctx.sessionmaker, interval_s=settings.OUTBOX_RELAY_INTERVAL_S, stop=stop)

@@ -56,7 +56,7 @@ class MessageSink:
             raise Unavailable("broker and database unavailable") from exc
 
 
-def get_sink(
+async def get_sink(
     broker: Annotated[Broker, Depends(get_broker)],
     sessionmaker: Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)],
 ) -> MessageSink:

@@ -7,9 +7,9 @@ import logging
 
 from services.registration.service import enrich_company, register_salons, request_missing_enrichment
 from shared.bus.consumer import Delivery
-from shared.bus.topology import REGISTRATION
+from shared.bus.topology import ENRICHMENT, REGISTRATION
 from shared.messages import EnrichmentRequested, Message, RegistrationRequested
-from shared.worker import WorkerContext, WorkerParts, worker_main
+from shared.worker import ConsumerSpec, WorkerContext, WorkerParts, worker_main
 
 log = logging.getLogger(__name__)
 NAME = "registration"
@@ -46,8 +46,11 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
                 except Exception as exc:
                     log.warning("enrichment sweep failed", extra={"error": repr(exc)})
 
+    # Enrichment can't go faster than the shared YClients limit: a few in flight keep it busy.
+    enrichment_prefetch = max(1, ctx.settings.YCLIENTS_RATE_PER_SECOND)
     return WorkerParts(
-        handlers={RegistrationRequested: on_registration, EnrichmentRequested: on_enrichment},
+        handlers={RegistrationRequested: on_registration},
+        extra_consumers=[ConsumerSpec(ENRICHMENT, {EnrichmentRequested: on_enrichment}, enrichment_prefetch)],
         background=[sweep],
     )
 

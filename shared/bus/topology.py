@@ -46,7 +46,10 @@ class WorkQueue:
         return f"{self.name}.retry.{delay_ms}ms"
 
 
-REGISTRATION = WorkQueue("registration", (m.RegistrationRequested.ROUTING_KEY, m.EnrichmentRequested.ROUTING_KEY))
+REGISTRATION = WorkQueue("registration", (m.RegistrationRequested.ROUTING_KEY,))
+# Enrichment waits on the shared YClients rate limit; in its own queue with a small prefetch it neither holds
+# registrations back nor sits unacked by the dozen (each worker restart would count a delivery against them).
+ENRICHMENT = WorkQueue("enrichment", (m.EnrichmentRequested.ROUTING_KEY,))
 WHATSAPP = WorkQueue(
     "whatsapp", (m.RequestPairing.ROUTING_KEY, m.RequestPause.ROUTING_KEY, m.RequestLogout.ROUTING_KEY)
 )
@@ -59,7 +62,7 @@ ACTIVATION = WorkQueue(
         m.YClientsWebhookReceived.ROUTING_KEY,
     ),
 )
-WORK_QUEUES: tuple[WorkQueue, ...] = (REGISTRATION, WHATSAPP, ACTIVATION)
+WORK_QUEUES: tuple[WorkQueue, ...] = (REGISTRATION, ENRICHMENT, WHATSAPP, ACTIVATION)
 _CONSUMED_KEYS = frozenset(key for queue in WORK_QUEUES for key in queue.routing_keys)
 
 

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from services.gateway.options import GatewayOptions
 from shared.bus.broker import Broker
 from shared.bus.topology import ACTIVATION, REGISTRATION, WHATSAPP, declare_all
 from shared.config import Settings
-from shared.db.models import Company, OutboxMessage
+from shared.db.models import Company, MarketplaceEvent, OutboxMessage, ProcessedMessage
 from shared.messages import (
     CompanyEnriched,
     CompanyEnrichedData,
@@ -72,12 +73,13 @@ async def channel(broker: Broker, settings: Settings) -> AsyncIterator[AbstractC
 
 @dataclass
 class NoEffect:
-    """Proves a refused request changed nothing: no message published, no outbox row written."""
+    """Proves a refused request changed nothing: no message published, no row written anywhere it could write."""
 
     spy: Spy
     broker: Broker
     sessionmaker: Sessions
     outbox_before: set[uuid.UUID]
+    since: datetime
 
     async def assert_clean(self) -> None:
         """Publish a marker after the refused request; nothing the gateway publishes may arrive before it."""
@@ -89,6 +91,30 @@ class NoEffect:
         # Rows may leave meanwhile (a relay publishes them); none may appear.
         written = await outbox_ids(self.sessionmaker) - self.outbox_before
         assert written == set(), "a refused request wrote to the outbox"
+        assert await rows_written_since(self.sessionmaker, self.since) == {}, "a refused request wrote rows"
+
+
+async def database_now(sessionmaker: Sessions) -> datetime:
+    """PostgreSQL's clock (the one its default timestamps use)."""
+    async with sessionmaker() as session:
+        now: datetime = (await session.execute(select(func.clock_timestamp()))).scalar_one()
+        return now
+
+
+async def rows_written_since(sessionmaker: Sessions, since: datetime) -> dict[str, int]:
+    """Rows created or changed since `since` in the tables a request could reach (dedup keys, companies, audit)."""
+    stamped = {
+        "processed_messages": (ProcessedMessage, ProcessedMessage.processed_at),
+        "companies": (Company, Company.updated_at),
+        "marketplace_events": (MarketplaceEvent, MarketplaceEvent.created_at),
+    }
+    written: dict[str, int] = {}
+    async with sessionmaker() as session:
+        for name, (table, column) in stamped.items():
+            count = (await session.execute(select(func.count()).select_from(table).where(column >= since))).scalar_one()
+            if count:
+                written[name] = int(count)
+    return written
 
 
 async def outbox_ids(sessionmaker: Sessions) -> set[uuid.UUID]:
@@ -111,9 +137,9 @@ async def channel_spy(channel: AbstractChannel) -> Spy:
 
 @pytest.fixture
 async def no_effect(channel: AbstractChannel, broker: Broker, sessionmaker: Sessions) -> NoEffect:
-    """A spy on every key the gateway publishes (and the marker's), with the outbox size before the attack."""
+    """A spy on every key the gateway publishes (and the marker's), the outbox and the clock before the attack."""
     spy = await Spy.bind(channel, *GATEWAY_KEYS, CompanyEnriched.ROUTING_KEY)
-    return NoEffect(spy, broker, sessionmaker, await outbox_ids(sessionmaker))
+    return NoEffect(spy, broker, sessionmaker, await outbox_ids(sessionmaker), await database_now(sessionmaker))
 
 
 def token_for(settings: Settings, *salon_ids: int, ttl_s: int = 3600) -> str:

@@ -212,3 +212,38 @@ async def test_a_genuine_token_is_accepted(
     response = await post_qr(http, token_for(settings, salon_id))
     assert response.status_code == 202
     await take_from_queue(channel, WHATSAPP.name, lambda m: isinstance(m, RequestPairing) and m.salon_id == salon_id)
+
+
+@pytest.mark.parametrize(
+    "salon_id",
+    [-1, 0, 2**53 + 1, 2**64, "abc", "1; DROP TABLE companies", True, 1.5, [1], {"$gt": 0}],
+    ids=["negative", "zero", "over-2^53", "2^64", "letters", "sql", "true", "fraction", "list", "operator-object"],
+)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/marketplace/api/qr", {}),
+        ("/marketplace/api/pairing-code", {"phone": "+7 900 123-45-67"}),
+        ("/marketplace/activate", {}),
+    ],
+)
+async def test_a_malformed_salon_id_in_the_body_is_refused(
+    http: httpx.AsyncClient, settings: Settings, no_effect: NoEffect, path: str, body: dict[str, Any], salon_id: Any
+) -> None:
+    response = await http.post(
+        path, headers=bearer(token_for(settings, new_salon_id())), json={**body, "salon_id": salon_id}
+    )
+    assert response.status_code == 422, response.text[:300]
+    await no_effect.assert_clean()
+
+
+async def test_a_token_id_given_as_a_string_is_refused(
+    http: httpx.AsyncClient, settings: Settings, no_effect: NoEffect
+) -> None:
+    """The page's script sends numbers: "123" is not silently read as the salon 123."""
+    salon_id = new_salon_id()
+    response = await http.post(
+        "/marketplace/api/qr", headers=bearer(token_for(settings, salon_id)), json={"salon_id": str(salon_id)}
+    )
+    assert response.status_code == 422
+    await no_effect.assert_clean()

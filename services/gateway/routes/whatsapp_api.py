@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.gateway.auth import BEARER, authorize, pick_salon
 from services.gateway.deps import SessionDep, SettingsDep
 from services.gateway.errors import ApiError
+from services.gateway.ids import PageSalonId
 from services.gateway.openapi import json_errors
 from services.gateway.phone import InvalidPhone, normalize_phone
 from services.gateway.publishing import SinkDep
@@ -27,7 +28,7 @@ class QrRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    salon_id: int | None = Field(default=None, gt=0)
+    salon_id: PageSalonId | None = None
     token: str | None = None
 
 
@@ -37,7 +38,7 @@ class PairingCodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     phone: str = Field(max_length=256)
-    salon_id: int | None = Field(default=None, gt=0)
+    salon_id: PageSalonId | None = None
     token: str | None = None
 
 

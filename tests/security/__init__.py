@@ -1,0 +1,1 @@
+"""Attacks on the gateway, fuzzing against its OpenAPI document, and the log scan's tooling."""
