@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.bus.broker import Broker
 from shared.bus.consumer import Consumer, GiveUpHook, Handler
-from shared.bus.outbox import publish_committed, run_relay
+from shared.bus.outbox import PublishedRows, publish_committed, run_relay
 from shared.bus.topology import WorkQueue, declare_all
 from shared.config import Settings
 from shared.db.session import make_engine, make_sessionmaker
@@ -39,6 +39,7 @@ class WorkerContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     broker: Broker
     http: httpx.AsyncClient
+    published: PublishedRows
 
     def uow(self) -> UnitOfWork:
         """A fresh unit of work whose emitted messages are produced by this worker."""
@@ -56,8 +57,8 @@ class WorkerContext:
         )
 
     async def publish_committed(self, uow: UnitOfWork) -> None:
-        """Publish what `uow` committed and clear it from the outbox."""
-        await publish_committed(uow, self.broker, self.sessionmaker)
+        """Publish what `uow` committed and clear it from the outbox (in batches)."""
+        await publish_committed(uow, self.broker, self.sessionmaker, published=self.published)
 
 
 @dataclass
@@ -94,7 +95,8 @@ async def run_worker(
     engine = make_engine(settings.DATABASE_URL)
     broker = Broker(settings.RABBITMQ_URL, name=name, publish_timeout_s=settings.PUBLISH_TIMEOUT_S)
     http = httpx.AsyncClient(follow_redirects=False)
-    ctx = WorkerContext(name, settings, engine, make_sessionmaker(engine), broker, http)
+    sessionmaker = make_sessionmaker(engine)
+    ctx = WorkerContext(name, settings, engine, sessionmaker, broker, http, PublishedRows(sessionmaker))
     consumers: list[Consumer] = []
 
     async def consumer_ok() -> bool:
@@ -139,6 +141,7 @@ async def run_worker(
                 run_relay(broker, ctx.sessionmaker, interval_s=settings.OUTBOX_RELAY_INTERVAL_S, stop=stop)
             )
         )
+        tasks.append(asyncio.create_task(ctx.published.run(stop)))
         tasks.extend(asyncio.create_task(bg(stop)) for bg in parts.background)
         log.info("worker started", extra={"queue": queue.name, "port": port})
         await stop.wait()

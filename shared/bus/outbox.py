@@ -23,14 +23,66 @@ log = logging.getLogger(__name__)
 RELAY_GRACE = timedelta(seconds=5)
 
 
-async def publish_committed(uow: UnitOfWork, broker: Broker, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    """Publish the messages `uow` committed, then delete their outbox rows (the relay covers a crash between)."""
+class PublishedRows:
+    """Outbox rows already published, deleted in batches: one statement every `interval_s` instead of one
+    transaction per message. A crash before the delete only lets the relay publish them again after its
+    grace period, which idempotent consumers absorb."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, interval_s: float = 0.1) -> None:
+        self._sessionmaker = sessionmaker
+        self._interval_s = interval_s
+        self._ids: list[uuid.UUID] = []
+
+    def add(self, ids: list[uuid.UUID]) -> None:
+        """Remember rows to delete at the next flush."""
+        self._ids.extend(ids)
+
+    async def flush(self) -> int:
+        """Delete every remembered row now; returns how many."""
+        ids, self._ids = self._ids, []
+        if ids:
+            try:
+                async with self._sessionmaker() as session:
+                    await delete_outbox(session, ids)
+            except Exception:
+                self._ids.extend(ids)
+                raise
+        return len(ids)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush periodically until `stop`, then once more."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush()
+            except Exception as exc:
+                log.warning("outbox cleanup failed; will retry", extra={"error": repr(exc)})
+
+
+async def publish_committed(
+    uow: UnitOfWork,
+    broker: Broker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    published: PublishedRows | None = None,
+) -> None:
+    """Publish the messages `uow` committed, then delete their outbox rows (at once, or in `published`'s batch).
+
+    The relay covers a crash between the publish and the delete.
+    """
     msgs = uow.take_committed()
     if not msgs:
         return
     await broker.publish_many(msgs)
+    ids = [m.id for m in msgs]
+    if published is not None:
+        published.add(ids)
+        return
     async with sessionmaker() as session:
-        await delete_outbox(session, [m.id for m in msgs])
+        await delete_outbox(session, ids)
 
 
 async def relay_once(

@@ -48,16 +48,21 @@ class UnitOfWork:
             self.emitted = []
 
     async def commit(self) -> None:
-        """Commit the state and the emitted messages together."""
+        """Commit the state and the emitted messages together (the outbox rows in one INSERT)."""
+        if self.emitted:
+            await self.session.execute(
+                insert(OutboxMessage),
+                [
+                    {"id": m.id, "routing_key": m.type, "body": encode(m), "producer": self.producer, "attempts": 0}
+                    for m in self.emitted
+                ],
+            )
         await self.session.commit()
         self.committed_messages.extend(self.emitted)
         self.emitted = []
 
     def emit(self, msg: Message) -> None:
-        """Queue a follow-up message: written to the outbox in this transaction, published after commit."""
-        self.session.add(
-            OutboxMessage(id=msg.id, routing_key=msg.type, body=encode(msg), producer=self.producer, attempts=0)
-        )
+        """Queue a follow-up message: written to the outbox with this transaction's commit, published after it."""
         self.emitted.append(msg)
 
     async def claim_message(self, consumer: str, message_id: uuid.UUID) -> bool:

@@ -228,6 +228,28 @@ async def test_markup_and_sql_in_a_genuine_lifecycle_webhook_are_stored_verbatim
     assert stored.event_data["event"] == event and stored.event_data["body"]["note"] == HOSTILE
 
 
+async def test_nul_characters_in_a_genuine_webhook_cannot_break_the_worker(
+    http: httpx.AsyncClient, settings: Settings, channel: AbstractChannel, sessionmaker: Sessions
+) -> None:
+    """PostgreSQL's jsonb cannot hold U+0000: the activation worker would fail on every delivery of this webhook."""
+    salon_id = new_salon_id()
+    body = lifecycle(settings, salon_id, event="pay\u0000ment", note="a\u0000b", **{"k\u0000ey": ["\u0000"]})
+    response = await http.post("/webhook/yclients", json=body)
+    assert response.status_code == 200
+
+    msg = await take_from_queue(
+        channel, ACTIVATION.name, lambda m: isinstance(m, YClientsWebhookReceived) and m.salon_id == salon_id
+    )
+    assert isinstance(msg, YClientsWebhookReceived)
+    assert msg.data.event == "payment" and msg.data.body["note"] == "ab" and msg.data.body["key"] == [""]
+    await apply_lifecycle_webhook(msg, uow=UnitOfWork(sessionmaker, producer="activation"), yclients=NoYClients())
+    async with sessionmaker() as session:
+        stored = (
+            await session.execute(select(MarketplaceEvent).where(MarketplaceEvent.message_id == msg.id))
+        ).scalar_one()
+    assert stored.event_type == "webhook_payment"
+
+
 async def test_the_same_lifecycle_webhook_forged_is_refused(
     http: httpx.AsyncClient, settings: Settings, no_effect: NoEffect
 ) -> None:

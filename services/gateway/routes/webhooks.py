@@ -250,6 +250,22 @@ async def _json_object(request: Request, *, allow_empty: bool = False) -> dict[s
         raise ApiError(422, "invalid_json", "Ожидается JSON-объект в теле запроса.")
     if nesting_exceeds(value, MAX_JSON_DEPTH):
         raise ApiError(422, "invalid_json", TOO_DEEP_MESSAGE)
+    cleaned: dict[str, Any] = without_nul(value)
+    return cleaned
+
+
+def without_nul(value: Any) -> Any:
+    """The JSON value with NUL characters removed from every string (keys too).
+
+    PostgreSQL's text and jsonb cannot hold U+0000: a webhook carrying one would fail in the worker on every
+    delivery and its effect (an uninstall) would never apply. Call only after the depth check (it recurses).
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
     return value
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import topology as t
 from shared.bus.broker import Broker
-from shared.bus.outbox import publish_committed, relay_once
+from shared.bus.outbox import PublishedRows, publish_committed, relay_once
 from shared.config import Settings
 from shared.db.models import OutboxMessage
 from shared.db.uow import UnitOfWork
@@ -77,6 +77,25 @@ async def test_publish_committed_delivers_and_deletes_the_rows(
     assert decode(incoming.body) == msg
     assert await _rows(sessionmaker, [msg.id]) == 0
     assert uow.take_committed() == []
+
+
+async def test_published_rows_are_deleted_in_one_batch_at_the_next_flush(
+    broker: Broker, sessionmaker: Sessions, data_changed_queue: AbstractQueue
+) -> None:
+    msgs = [data_changed(720 + i) for i in range(3)]
+    published = PublishedRows(sessionmaker)
+    for msg in msgs:
+        uow = UnitOfWork(sessionmaker, producer="test")
+        async with uow:
+            uow.emit(msg)
+            await uow.commit()
+        await publish_committed(uow, broker, sessionmaker, published=published)
+    ids = [m.id for m in msgs]
+
+    assert set(await _drain(data_changed_queue)) == {str(i) for i in ids}
+    assert await _rows(sessionmaker, ids) == 3  # published, not yet cleaned up
+    assert await published.flush() == 3
+    assert await _rows(sessionmaker, ids) == 0
 
 
 async def test_a_rolled_back_unit_of_work_emits_nothing(
