@@ -46,13 +46,14 @@ e2e: $(STAMP) infra chromium  ## end-to-end tests with the services as processes
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services sandbox scripts
+	$(BIN)/mypy shared services sandbox scripts bench chaos
 
 fmt: $(STAMP)  ## format the code
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) infra  ## benchmarks with ratios against references measured in the same run
+bench: $(STAMP) infra  ## benchmarks with ratios against references measured in the same run (writes docs/bench.md)
+	./scripts/ensure-bench-tools.sh
 	$(BIN)/python -m bench $(ARGS)
 
 chaos: $(STAMP) infra  ## fault-injection runs; prints and writes the table to docs/
