@@ -20,32 +20,17 @@ from services.gateway.pages import STATIC_DIR, STATIC_PREFIX, make_templates
 from services.gateway.routes import health, install, live, onboarding, webhooks, whatsapp_api
 from shared.bus.broker import Broker
 from shared.bus.outbox import run_relay
-from shared.bus.topology import declare_all, declare_exchange
+from shared.bus.topology import declare_all
 from shared.config import Settings
 from shared.db.session import make_engine, make_sessionmaker
-from shared.messages import YClientsDataChanged
 
 log = logging.getLogger(__name__)
 SERVICE = "gateway"
-# `yclients.data_changed` has no consumer yet (the AI administrator is to come). Without a bound queue every
-# data webhook is unroutable: refused by the confirmed publish, parked in the outbox, retried there forever.
-DATA_CHANGES_QUEUE = "yclients.data_changes"
-DATA_CHANGES_ARGUMENTS: dict[str, int | str] = {
-    "x-queue-type": "quorum",
-    "x-max-length": 100_000,
-    "x-overflow": "drop-head",
-    "x-message-ttl": 7 * 24 * 3600 * 1000,
-}
-
-
 async def declare_topology(broker: Broker, retry_delays_ms: list[int]) -> None:
     """Declare the work queues, so what the gateway publishes is routable even before any worker started."""
     channel = await broker.open_channel(publisher_confirms=False)
     try:
         await declare_all(channel, retry_delays_ms)
-        exchange = await declare_exchange(channel)
-        changes = await channel.declare_queue(DATA_CHANGES_QUEUE, durable=True, arguments=DATA_CHANGES_ARGUMENTS)
-        await changes.bind(exchange, routing_key=YClientsDataChanged.ROUTING_KEY)
     finally:
         await channel.close()
 

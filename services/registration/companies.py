@@ -14,6 +14,13 @@ from shared.db.models import Company, MarketplaceEvent
 from shared.messages import MarketplaceUser
 
 
+def fit(value: str | None, size: int) -> str | None:
+    """Text as the column can hold it: no NUL (PostgreSQL refuses it), at most `size` characters."""
+    if value is None:
+        return None
+    return value.replace("\x00", "")[:size]
+
+
 def fallback_title(salon_id: int) -> str:
     """The title a company carries until YClients told us its real one."""
     return f"Салон {salon_id}"
@@ -45,10 +52,10 @@ async def upsert_company(session: AsyncSession, salon_id: int, user: Marketplace
     user_fields: dict[str, Any] = {}
     if user is not None:
         user_fields = {
-            "marketplace_user_id": user.id,
-            "marketplace_user_name": user.name,
-            "marketplace_user_phone": user.phone,
-            "marketplace_user_email": user.email,
+            "marketplace_user_id": fit(user.id, 255),
+            "marketplace_user_name": fit(user.name, 255),
+            "marketplace_user_phone": fit(user.phone, 64),
+            "marketplace_user_email": fit(user.email, 255),
         }
     stmt = insert(Company).values(
         yclients_id=salon_id,

@@ -9,6 +9,7 @@ from services.registration.companies import (
     apply_profile,
     companies_missing_profile,
     fallback_title,
+    fit,
     record_event,
     upsert_company,
 )
@@ -93,14 +94,10 @@ async def enrich_company(cmd: EnrichmentRequested, *, uow: UnitOfWork, yclients:
         profile = await yclients.get_company(salon_id)
     except YClientsNotFound as exc:
         raise PermanentError(f"YClients has no company {salon_id}") from exc
+    title = fit(profile.title, 255) or fallback_title(salon_id)
+    phone, timezone = fit(profile.phone, 64), fit(profile.timezone, 64)
     async with uow:
-        company_id = await apply_profile(
-            uow.session,
-            salon_id,
-            title=profile.title or fallback_title(salon_id),
-            phone=profile.phone,
-            timezone=profile.timezone,
-        )
+        company_id = await apply_profile(uow.session, salon_id, title=title, phone=phone, timezone=timezone)
         if company_id is None:
             raise PermanentError(f"company {salon_id} is not registered")
         await record_event(
@@ -108,19 +105,14 @@ async def enrich_company(cmd: EnrichmentRequested, *, uow: UnitOfWork, yclients:
             salon_id=salon_id,
             company_id=company_id,
             event_type="company_enriched",
-            data={"title": profile.title, "timezone": profile.timezone},
+            data={"title": title, "timezone": timezone},
             message_id=cmd.id,
         )
         uow.emit(
             CompanyEnriched(
                 correlation_id=cmd.correlation_id,
                 salon_id=salon_id,
-                data={
-                    "salon_id": salon_id,
-                    "title": profile.title,
-                    "phone": profile.phone,
-                    "timezone": profile.timezone,
-                },
+                data={"salon_id": salon_id, "title": title, "phone": phone, "timezone": timezone},
             )
         )
         await uow.commit()

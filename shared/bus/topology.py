@@ -63,7 +63,18 @@ ACTIVATION = WorkQueue(
     ),
 )
 WORK_QUEUES: tuple[WorkQueue, ...] = (REGISTRATION, ENRICHMENT, WHATSAPP, ACTIVATION)
-_CONSUMED_KEYS = frozenset(key for queue in WORK_QUEUES for key in queue.routing_keys)
+# `yclients.data_changed` has no consumer yet (the AI administrator is to come): its messages wait here,
+# capped in length and age, so a data webhook is never unroutable and the future consumer finds a backlog.
+DATA_CHANGES = "yclients.data_changes"
+DATA_CHANGES_ARGUMENTS: dict[str, aio_pika.abc.FieldValue] = {
+    "x-queue-type": "quorum",
+    "x-max-length": 100_000,
+    "x-overflow": "drop-head",
+    "x-message-ttl": 7 * 24 * 3600 * 1000,
+}
+_CONSUMED_KEYS = frozenset(
+    [*(key for queue in WORK_QUEUES for key in queue.routing_keys), m.YClientsDataChanged.ROUTING_KEY]
+)
 
 
 def requires_consumer(routing_key: str) -> bool:
@@ -133,6 +144,9 @@ async def declare_all(channel: AbstractChannel, retry_delays_ms: list[int]) -> N
     """Declare the whole topology (used by tools and tests that publish before any worker started)."""
     for queue in WORK_QUEUES:
         await declare_work_queue(channel, queue, retry_delays_ms)
+    exchange = await declare_exchange(channel)
+    changes = await channel.declare_queue(DATA_CHANGES, durable=True, arguments=DATA_CHANGES_ARGUMENTS)
+    await changes.bind(exchange, routing_key=m.YClientsDataChanged.ROUTING_KEY)
 
 
 def queue_by_name(name: str) -> WorkQueue:

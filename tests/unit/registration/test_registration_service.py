@@ -215,3 +215,24 @@ async def test_sweep_requests_profiles_still_missing(sessionmaker: async_session
     await request_missing_enrichment(uow, older_than_s=0)
     requested = {m.data.salon_id for m in uow.take_committed() if isinstance(m, EnrichmentRequested)}
     assert salon in requested
+
+
+class OddDirectory(FakeDirectory):
+    """YClients answering with a title longer than the column and a NUL byte in it."""
+
+    async def get_company(self, salon_id: int) -> CompanyProfile:
+        return CompanyProfile(id=salon_id, title="Салон\x00" + "Я" * 400, phone="7" * 80, timezone=None)
+
+
+async def test_enrichment_fits_odd_values_into_the_columns(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    salon = new_salon_id()
+    await register_salons(registration(salon), uow=UnitOfWork(sessionmaker, producer="registration"))
+    await enrich_company(
+        EnrichmentRequested(salon_id=salon, data={"salon_id": salon}),
+        uow=UnitOfWork(sessionmaker, producer="registration"),
+        yclients=OddDirectory(),
+    )
+    row = await company(sessionmaker, salon)
+    assert row is not None
+    assert row.title.startswith("СалонЯ") and len(row.title) == 255
+    assert row.phone == "7" * 64
