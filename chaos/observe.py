@@ -28,10 +28,12 @@ from chaos.model import (
 )
 from chaos.world import World
 from shared.bus.replay import DeadQueueMissing, list_dead
+from shared.bus.topology import WORK_QUEUES
 from shared.db.models import Company, MarketplaceEvent, OutboxMessage, WhatsAppSession
 
 log = logging.getLogger(__name__)
-DEAD_QUEUES = ("registration", "whatsapp", "activation")
+# Every work queue of the shared topology has its `.dead`.
+DEAD_QUEUES = tuple(queue.name for queue in WORK_QUEUES)
 POLL_S = 2.0
 CALLBACK_PATH = "/marketplace/partner/callback"
 _SALON_IN_PATH = re.compile(r"/(?:company|salon)/([0-9]+)")

@@ -23,7 +23,7 @@ from chaos.faults import (
     hold_outage,
 )
 from chaos.load import LIFECYCLE_EVENTS, Mix, Plan, make_plans
-from chaos.observe import call_stats
+from chaos.observe import DEAD_QUEUES, call_stats
 from chaos.run import Run, ScenarioResult, Timing
 from chaos.world import World
 from shared.bus.replay import DeadQueueMissing, move_dead, selector
@@ -329,7 +329,7 @@ async def r5_yclients_faults(world: World, options: Options) -> ScenarioResult:
         stats = await call_stats(world, salons)
         dead_before = len(before.evaluation.dead)
         moved = 0
-        for queue in ("registration", "whatsapp", "activation"):
+        for queue in DEAD_QUEUES:
             with contextlib.suppress(DeadQueueMissing):
                 report = await move_dead(world.broker, queue, select=selector(salons=salons), dry_run=False)
                 moved += len(report.moved)

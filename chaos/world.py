@@ -29,6 +29,7 @@ from yarl import URL
 from chaos.proxy import ProxyHandle, ProxyRunner, require_loopback
 from chaos.tap import Tap
 from shared.bus.broker import Broker
+from shared.bus.topology import WORK_QUEUES
 from shared.db.session import make_engine, make_sessionmaker
 from tests.support.infra import Infra, create_infra, destroy_infra
 from tests.support.processes import OUTPUT, ROOT, ServiceProcess, Stack, free_port
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WHATSAPP_WORKER_EXISTS = (ROOT / "services" / "whatsapp" / "__main__.py").exists()
 APP_ID = 4242
-_QUEUE_NAMES = ("registration", "whatsapp", "activation")
+_QUEUE_NAMES = frozenset(queue.name for queue in WORK_QUEUES)
 _RABBITMQCTL_TIMEOUT_S = 60
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -214,6 +215,8 @@ class RateLimit(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     slots: Mapped[list[float]] = mapped_column(ARRAY(DOUBLE_PRECISION), nullable=False, server_default="{}")
+    # How late callers woke up for their slots recently (decaying maximum): the windows widen by it.
+    jitter_s: Mapped[float] = mapped_column(DOUBLE_PRECISION, nullable=False, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=_now(), onupdate=_now()
     )

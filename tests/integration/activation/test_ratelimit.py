@@ -73,3 +73,29 @@ async def test_the_yclients_limits_let_five_through_at_once_then_queue(settings:
 async def test_a_limiter_without_windows_never_waits(engine: AsyncEngine) -> None:
     limiter = PostgresRateLimiter(engine, windows=[], name="unused")
     assert await limiter.reserve() == 0.0
+
+
+async def test_late_wake_ups_widen_the_windows_for_every_process(settings: Settings) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    windows = [Window(2, 1.0)]
+    engines: list[AsyncEngine] = [make_engine(settings.DATABASE_URL, pool_size=2) for _ in range(2)]
+
+    async def oversleep(delay: float) -> None:
+        # An overloaded host: every caller of this process wakes 0.3 s after its slot.
+        await asyncio.sleep(delay + 0.3)
+
+    try:
+        slow = PostgresRateLimiter(engines[0], windows=windows, name=name, margin_s=0.0, sleep=oversleep)
+        quiet = PostgresRateLimiter(engines[1], windows=windows, name=name, margin_s=0.0)
+        for _ in range(3):  # the third waits (and wakes late), the fourth reports it
+            await slow.acquire()
+        await slow.acquire()
+        first = await quiet.reserve()
+        second = await quiet.reserve()
+        third = await quiet.reserve()
+        # Without the learnt jitter the third slot would be exactly one window after the first.
+        assert third - first >= 1.0 + 0.25
+        assert second >= first
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -6,7 +6,7 @@ import pytest
 from pydantic import SecretStr
 
 from shared.config import Settings
-from shared.ratelimit import Window, next_slot, yclients_windows
+from shared.ratelimit import Window, learnt_jitter, next_slot, yclients_windows
 
 LIMITS = [Window(5, 1.0), Window(200, 60.0)]
 
@@ -56,3 +56,10 @@ def test_a_quiet_limiter_answers_now() -> None:
 def test_windows_come_from_the_settings() -> None:
     settings = Settings(ENVIRONMENT="test", YCLIENTS_PARTNER_TOKEN=SecretStr("x" * 20), YCLIENTS_RATE_PER_MINUTE=0)
     assert yclients_windows(settings) == [Window(5, 1.0)]
+
+
+def test_the_learnt_jitter_is_a_decaying_capped_maximum() -> None:
+    assert learnt_jitter(0.0, 0.12) == pytest.approx(0.12)
+    assert learnt_jitter(0.12, 0.0) == pytest.approx(0.12 * 0.95)
+    assert learnt_jitter(0.12, 0.5) == pytest.approx(0.5)
+    assert learnt_jitter(0.0, 30.0) == 1.0
