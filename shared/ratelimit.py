@@ -10,7 +10,8 @@ A caller locks the row, takes the earliest time ``t`` that is not before the las
 fewer than ``count`` reservations in ``(t - seconds, t]`` for every window, appends ``t``, commits, and sleeps
 until ``t``. Reservations are handed out in order, so checking the windows that end at ``t`` is enough:
 no later window can hold more calls than the one ending at its own newest reservation.
-Under a burst callers queue (each sleeps until its slot); none is refused.
+Under a burst callers queue (each sleeps until its slot), spaced evenly over the shortest window; none is
+refused.
 
 The platform counts calls when they arrive, not when we send them, so two calls' network and scheduling
 delays can differ. Every window is widened by ``margin_s`` plus the jitter the callers really see: each caller
@@ -72,6 +73,12 @@ def next_slot(slots: Sequence[float], now: float, windows: Sequence[Window], mar
     ``slots`` are the reservations so far, in ascending order.
     """
     slot = max(now, slots[-1]) if slots else now
+    if slots and windows:
+        # Calls are spread evenly over the shortest window instead of fired in bursts: five requests sent
+        # at once reach YClients queued behind each other (and behind five new connections), which is the
+        # arrival jitter that turns the next second's first call into a 429.
+        shortest = min(windows, key=lambda w: w.seconds)
+        slot = max(slot, slots[-1] + shortest.seconds / shortest.count)
     for window in windows:
         if len(slots) >= window.count:
             slot = max(slot, slots[-window.count] + window.seconds + window_margin(window, margin_s))
@@ -140,15 +147,17 @@ class PostgresRateLimiter:
 
     async def acquire(self) -> None:
         """Block until a call may be made."""
+        started = time.monotonic()
         delay = await self.reserve()
         if delay > 0:
             if delay >= 1.0:
                 log.debug("yclients rate limit: waiting", extra={"wait_s": round(delay, 3), "limit": self._name})
-            started = time.monotonic()
             await self._sleep(delay)
-            # How late this caller woke up is the jitter its call reaches YClients with; the next reservation
-            # of this process reports it, so every process widens the windows by what the host really does.
-            self._last_lateness = max(self._last_lateness, time.monotonic() - started - delay)
+        # How late this caller is for its slot (a busy event loop, the reservation's own round trips, a late
+        # wake-up) is the jitter its call reaches YClients with. The next reservation of this process reports
+        # it, so every process widens the windows by what the host really does.
+        lateness = time.monotonic() - started - delay
+        self._last_lateness = max(self._last_lateness, lateness)
 
 
 def learnt_jitter(previous: float, lateness: float) -> float:

@@ -82,6 +82,16 @@ async def test_100_salons_at_once_stay_within_the_limit_and_all_become_active(
 
         await wait_for(all_active, timeout=150, interval=1, what="100 salons active")
         elapsed = time.monotonic() - started
+
+        async def all_enriched() -> bool:
+            # Enrichment shares the limit with the callbacks (fewer in flight, so it finishes later).
+            async with sessionmaker() as s:
+                missing = await s.execute(
+                    select(func.count()).where(Company.yclients_id.in_(SALONS), Company.enriched_at.is_(None))
+                )
+                return int(missing.scalar_one()) == 0
+
+        await wait_for(all_enriched, timeout=120, interval=1, what="100 salons enriched")
         calls = (await http.get(f"{stack.url('sandbox')}/__sandbox/calls")).json()
         installs = (await http.get(f"{stack.url('sandbox')}/__sandbox/installs")).json()
 
