@@ -138,7 +138,13 @@ async def run_worker(
             consumers.append(consumer)
         tasks.append(
             asyncio.create_task(
-                run_relay(broker, ctx.sessionmaker, interval_s=settings.OUTBOX_RELAY_INTERVAL_S, stop=stop)
+                run_relay(
+                    broker,
+                    ctx.sessionmaker,
+                    interval_s=settings.OUTBOX_RELAY_INTERVAL_S,
+                    stop=stop,
+                    database_url=settings.DATABASE_URL,
+                )
             )
         )
         tasks.append(asyncio.create_task(ctx.published.run(stop)))

@@ -26,6 +26,8 @@ from shared.db.session import make_engine, make_sessionmaker
 
 log = logging.getLogger(__name__)
 SERVICE = "gateway"
+
+
 async def declare_topology(broker: Broker, retry_delays_ms: list[int]) -> None:
     """Declare the work queues, so what the gateway publishes is routable even before any worker started."""
     channel = await broker.open_channel(publisher_confirms=False)
@@ -80,7 +82,13 @@ def create_app(settings: Settings, options: GatewayOptions | None = None) -> Fas
                 connect_and_listen(broker, hub, settings.RETRY_DELAYS_MS, stop), name="gateway-connect"
             ),
             asyncio.create_task(
-                run_relay(broker, sessionmaker, interval_s=settings.OUTBOX_RELAY_INTERVAL_S, stop=stop),
+                run_relay(
+                    broker,
+                    sessionmaker,
+                    interval_s=settings.OUTBOX_RELAY_INTERVAL_S,
+                    stop=stop,
+                    database_url=settings.DATABASE_URL,
+                ),
                 name="gateway-outbox-relay",
             ),
         ]

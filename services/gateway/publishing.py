@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.gateway.deps import get_broker, get_sessionmaker
 from shared.bus.broker import Broker
 from shared.bus.errors import PublishError
+from shared.bus.outbox import notify_outbox
 from shared.db.models import OutboxMessage
 from shared.messages import Message, encode
 from shared.metrics import PUBLISHED
@@ -29,7 +30,9 @@ class Unavailable(Exception):
 async def store_in_outbox(msg: Message, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     """Keep the message in the outbox for the relay (raises SQLAlchemyError/OSError when PostgreSQL is down)."""
     async with sessionmaker() as session:
-        session.add(OutboxMessage(id=msg.id, routing_key=msg.type, body=encode(msg), producer=PRODUCER, attempts=0))
+        # attempts=1: the publish already failed once, so the relay takes the row without its grace period.
+        session.add(OutboxMessage(id=msg.id, routing_key=msg.type, body=encode(msg), producer=PRODUCER, attempts=1))
+        await notify_outbox(session)
         await session.commit()
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 import aio_pika
-from sqlalchemy import func, select, update
+import asyncpg
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.broker import Broker
@@ -94,7 +99,8 @@ async def relay_once(
             (
                 await session.execute(
                     select(OutboxMessage)
-                    .where(OutboxMessage.created_at < func.now() - grace)
+                    # A row whose publish already failed once (the gateway's fallback) is due at once.
+                    .where(or_(OutboxMessage.created_at < func.now() - grace, OutboxMessage.attempts > 0))
                     .order_by(OutboxMessage.created_at)
                     .limit(batch)
                     .with_for_update(skip_locked=True)
@@ -133,18 +139,60 @@ async def relay_once(
         return len(sent)
 
 
+OUTBOX_CHANNEL = "outbox"
+
+
+async def notify_outbox(session: AsyncSession) -> None:
+    """Wake every relay when this transaction commits (PostgreSQL delivers NOTIFY on commit only)."""
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
+
+
 async def run_relay(
-    broker: Broker, sessionmaker: async_sessionmaker[AsyncSession], *, interval_s: float, stop: asyncio.Event
+    broker: Broker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    interval_s: float,
+    stop: asyncio.Event,
+    database_url: str | None = None,
 ) -> None:
-    """Relay left-behind outbox rows until `stop` is set."""
-    while not stop.is_set():
-        try:
-            if broker.is_connected:
-                while await relay_once(broker, sessionmaker) > 0:
-                    pass
-        except Exception as exc:
-            log.warning("outbox relay pass failed", extra={"error": repr(exc)})
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
+    """Relay left-behind outbox rows until `stop` is set: every `interval_s`, and at once on NOTIFY outbox."""
+    wake = asyncio.Event()
+    listener = await _listen(database_url, wake) if database_url else None
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                if broker.is_connected:
+                    while await relay_once(broker, sessionmaker) > 0:
+                        pass
+            except Exception as exc:
+                log.warning("outbox relay pass failed", extra={"error": repr(exc)})
+            if listener is None and database_url:
+                listener = await _listen(database_url, wake)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop.wait(), wake.wait()), timeout=interval_s)
+    finally:
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _listen(database_url: str, wake: asyncio.Event) -> asyncpg.Connection | None:
+    """A dedicated connection LISTENing on the outbox channel (None while PostgreSQL is down: polling goes on)."""
+    try:
+        dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn, timeout=5)
+        await conn.add_listener(OUTBOX_CHANNEL, lambda *_: wake.set())
+        return conn
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        log.debug("outbox listener unavailable; polling", extra={"error": repr(exc)})
+        return None

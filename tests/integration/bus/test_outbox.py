@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
+import asyncpg
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from sqlalchemy import delete, func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import topology as t
 from shared.bus.broker import Broker
-from shared.bus.outbox import PublishedRows, publish_committed, relay_once
+from shared.bus.outbox import PublishedRows, notify_outbox, publish_committed, relay_once, run_relay
 from shared.config import Settings
 from shared.db.models import OutboxMessage
 from shared.db.uow import UnitOfWork
 from shared.messages import YClientsDataChanged, decode, encode
 from tests.integration.bus.bus_support import data_changed
+from tests.support.wait import wait_for
 
 Sessions = async_sessionmaker[AsyncSession]
 NO_GRACE = timedelta(0)
@@ -174,3 +177,52 @@ async def test_a_row_the_broker_refuses_stays_with_its_attempt_counted(
         async with sessionmaker() as session:
             await session.execute(delete(OutboxMessage).where(OutboxMessage.id == row_id))
             await session.commit()
+
+
+async def test_a_relay_wakes_on_notify_for_a_row_whose_publish_already_failed(
+    broker: Broker, settings: Settings, sessionmaker: Sessions, data_changed_queue: AbstractQueue
+) -> None:
+    stop = asyncio.Event()
+    # Polling alone would take 60 s: only the NOTIFY can deliver the row within the deadline below.
+    relay = asyncio.create_task(
+        run_relay(broker, sessionmaker, interval_s=60, stop=stop, database_url=settings.DATABASE_URL)
+    )
+    try:
+        # The relay's first pass (and LISTEN) happens at start; our row comes after it.
+        await wait_for(_relay_listening(settings), timeout=10, what="the relay listening")
+        msg = data_changed(740)
+        async with sessionmaker() as session:
+            session.add(OutboxMessage(id=msg.id, routing_key=msg.type, body=encode(msg), producer="gw", attempts=1))
+            await notify_outbox(session)
+            await session.commit()
+
+        async def delivered() -> AbstractIncomingMessage | None:
+            return await data_changed_queue.get(no_ack=True, fail=False)
+
+        incoming = await wait_for(delivered, timeout=10, what="the row published after NOTIFY")
+        assert incoming.message_id == str(msg.id)
+
+        async def row_gone() -> bool:
+            return await _rows(sessionmaker, [msg.id]) == 0
+
+        await wait_for(row_gone, timeout=5, what="the relayed row deleted")
+    finally:
+        stop.set()
+        await asyncio.wait_for(relay, timeout=10)
+
+
+def _relay_listening(settings: Settings) -> Callable[[], Awaitable[bool]]:
+    """A probe: some session of this database has issued LISTEN (the relay's listener)."""
+
+    async def probe() -> bool:
+        dsn = make_url(settings.DATABASE_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(dsn)
+        try:
+            listening = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            )
+            return bool(listening)
+        finally:
+            await conn.close()
+
+    return probe
