@@ -45,7 +45,7 @@ def build_engine(
 ) -> BuiltEngine:
     """The engine for ``kind`` (``emulator`` or ``neonize``)."""
     if kind == "emulator":
-        server = PostgresEmulatorServer(sessionmaker, slots=io_slots)
+        server = PostgresEmulatorServer(sessionmaker, slots=io_slots, confirm_s=wa.EMULATOR_CONFIRM_S)
         return BuiltEngine(EmulatorEngine(server, auth, emulator_timings(wa), owner=worker_id), server)
     if kind == "neonize":
         # Fail at start-up, clearly, when the optional dependency is missing.

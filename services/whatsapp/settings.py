@@ -32,6 +32,9 @@ class WhatsAppSettings(BaseSettings):
     EMULATOR_QR_REFS: int = Field(6, ge=1)
     # A pairing code lives as long as the whole QR attempt would, unless set.
     EMULATOR_CODE_TTL_S: float | None = Field(None, gt=0)
+    # How long a scan (or a typed code) waits for the client of the attempt to confirm the pairing; unconfirmed,
+    # the link is undone and the phone is told to scan again (a dead or replaced client never links a device).
+    EMULATOR_CONFIRM_S: float = Field(5.0, gt=0)
 
     # neonize: where whatsmeow keeps its store; default: our database, schema ``whatsmeow``.
     NEONIZE_DATABASE_URL: str | None = None

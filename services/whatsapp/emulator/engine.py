@@ -4,8 +4,11 @@
   (the first lives ``qr_first_s``, each next ``qr_next_s``, ``qr_refs`` in all); each is reported as a QR event;
   when they run out the attempt ends with ``PairingExpiredEvent`` (WhatsApp's 408 "QR refs attempts ended").
 - Phone pairing: one 8-character code for the phone number, valid ``code_ttl_s``.
-- A phone accepting the QR/code links the device: the client stores its credentials (creds + keys) and the
-  stream ends with **515 restart required**; the session runner reconnects at once (``resume``) — success.
+- A phone accepting the QR/code: the client stores its credentials (creds + keys) and confirms the pairing to
+  the server (only then is the device linked and the phone shown success); the stream ends with **515 restart
+  required** and the session runner reconnects at once (``resume``) — success. When the server no longer
+  accepts the confirmation (the phone's wait ran out), the client drops those credentials and goes on with
+  the next ref (a code attempt ends expired).
 - Resume connects with the stored credentials; the server refuses an unknown or removed device with 401.
   Like a real client, each connection updates keys (a fresh app-state key, the next pre-key) in the store.
 - While connected, the server can end the stream (a drop requested through the control endpoint) with any
@@ -240,13 +243,10 @@ class EmulatorEngine(AbstractWhatsAppEngine):
                 break
             sink(QrEvent(attempt_id, issued.value, seq, t.qr_refs, issued.expires_at))
             paired = await self._wait_paired(session_id, attempt_id, live, ttl)
-            if paired is not None:
-                await self._linked(session_id, keys, paired, sink)
+            if paired is not None and await self._linked(session_id, attempt_id, keys, paired, sink):
                 return
         paired = await self.server.end_pairing(session_id, attempt_id)
-        if paired is not None:
-            await self._linked(session_id, keys, paired, sink)
-        else:
+        if paired is None or not await self._linked(session_id, attempt_id, keys, paired, sink):
             sink(PairingExpiredEvent(attempt_id))
 
     async def _code_flow(
@@ -262,13 +262,16 @@ class EmulatorEngine(AbstractWhatsAppEngine):
             paired = None
         if paired is None:
             paired = await self.server.end_pairing(session_id, attempt_id)
-        if paired is not None:
-            await self._linked(session_id, keys, paired, sink)
-        else:
+        if paired is None or not await self._linked(session_id, attempt_id, keys, paired, sink):
             sink(PairingExpiredEvent(attempt_id))
 
-    async def _linked(self, session_id: str, keys: ClientKeys, paired: Paired, sink: EventSink) -> None:
-        """Store the new device's credentials, then end the stream with 515 as WhatsApp does."""
+    async def _linked(
+        self, session_id: str, attempt_id: str, keys: ClientKeys, paired: Paired, sink: EventSink
+    ) -> bool:
+        """Store the new device's credentials and confirm the pairing, then end the stream with 515.
+
+        False (credentials dropped again) when the server refused the confirmation: the scan was undone.
+        """
         creds = {
             "noise_key": {"private": b64(keys.noise_priv), "public": b64(keys.noise_pub)},
             "signed_identity_key": {"private": b64(keys.identity_priv), "public": b64(keys.identity_pub)},
@@ -284,7 +287,24 @@ class EmulatorEngine(AbstractWhatsAppEngine):
             ("pre-key", str(i)): secrets.token_bytes(32) for i in range(1, PRE_KEYS + 1)
         }
         await self.auth.save(session_id, engine=ENGINE, creds=json.dumps(creds).encode(), keys=pre_keys)
+        # Shielded: once sent, the confirmation's answer decides whether the stored credentials are kept, even
+        # when this flow is cancelled meanwhile (a new attempt); otherwise a confirmed device could lose them.
+        confirming = asyncio.ensure_future(self.server.confirm_pairing(session_id, attempt_id))
+        try:
+            confirmed = await asyncio.shield(confirming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if not await confirming:
+                    await self.auth.wipe(session_id)
+            raise
+        # (When the confirmation itself fails, its outcome is unknown: the credentials stay; if the link was
+        # undone, resume is refused with 401 and the runner reports the session logged out.)
+        if not confirmed:
+            log.info("pairing not confirmed: the phone stopped waiting", extra={"session_id": session_id})
+            await self.auth.wipe(session_id)
+            return False
         sink(DisconnectedEvent(RESTART_REQUIRED, reason_for(RESTART_REQUIRED)))
+        return True
 
     async def _rotate_keys(self, session_id: str, seq: int) -> None:
         """What a real client writes on every connection: a fresh app-state key and the next pre-key."""

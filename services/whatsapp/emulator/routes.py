@@ -1,7 +1,9 @@
 """The emulated phone and the test controls, on the whatsapp worker's own port (DESIGN §10).
 
 - ``POST /emulator/scan {"session_id", "qr", "phone"?}``: the phone scans a QR; 200 when it is the session's
-  currently valid payload, 409 when it is stale, wrong, or no pairing is waiting.
+  currently valid payload and the session's client confirmed the pairing (it may take up to
+  ``WHATSAPP_EMULATOR_CONFIRM_S``), 409 when it is stale, wrong, no pairing is waiting, or the client did not
+  confirm (dead, or its attempt was replaced).
 - ``POST /emulator/pair {"session_id", "code"}``: the phone enters a pairing code; 200 / 409 likewise.
 - ``POST /emulator/drop {"session_id", "code"}``: the server ends the open connection with a WhatsApp code
   (408, 428, 503 transient; 515 restart; 401 removed on the phone; 403 banned; 440 replaced; 500 bad session);
@@ -20,8 +22,9 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.whatsapp.emulator.protocol import default_phone, normalize_pairing_code, normalize_phone, unwrap_qr
-from services.whatsapp.emulator.server import DROP_CODES, EmulatorServer
+from services.whatsapp.emulator.server import DROP_CODES, EmulatorServer, LinkOutcome
 
+_NOT_CONFIRMED = "the device did not answer (its pairing was cancelled or it is offline); scan the current QR again"
 _SESSION_ID = Field(min_length=1, max_length=64, pattern=r"^company_[0-9]+$")
 
 
@@ -66,7 +69,10 @@ def emulator_router(server: EmulatorServer) -> APIRouter:
             if normalized is None:
                 raise HTTPException(422, "phone must be digits with the country code, e.g. 79991234567")
             phone = normalized
-        if not await server.scan(body.session_id, unwrap_qr(body.qr), phone):
+        outcome = await server.link_by_qr(body.session_id, unwrap_qr(body.qr), phone)
+        if outcome is LinkOutcome.UNCONFIRMED:
+            raise HTTPException(409, _NOT_CONFIRMED)
+        if outcome is not LinkOutcome.LINKED:
             raise HTTPException(409, "this QR code is not valid now (expired, replaced by a newer one, or wrong)")
         return {"status": "linked", "session_id": body.session_id, "phone": phone}
 
@@ -74,7 +80,13 @@ def emulator_router(server: EmulatorServer) -> APIRouter:
     async def pair(body: PairBody) -> dict[str, Any]:
         """The phone enters a pairing code: accepted only while it is the valid one."""
         code = normalize_pairing_code(body.code)
-        if code is None or not await server.enter_code(body.session_id, code):
+        outcome = LinkOutcome.INVALID if code is None else await server.link_by_code(body.session_id, code)
+        if outcome is LinkOutcome.UNCONFIRMED:
+            raise HTTPException(
+                409,
+                "the device did not answer (its pairing was cancelled or it is offline); request a new pairing code",
+            )
+        if outcome is not LinkOutcome.LINKED:
             raise HTTPException(409, "this pairing code is not valid now (expired, replaced, or wrong)")
         return {"status": "linked", "session_id": body.session_id}
 

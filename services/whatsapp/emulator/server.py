@@ -14,6 +14,11 @@ The server keeps, like WhatsApp:
 - per linked device its identity key; a connect with another identity, or after the device was removed on the
   phone (401) or banned (403), is refused with 401;
 - one connection per device: a new connect supersedes the previous one, whose holder gets 440 (replaced).
+
+A scan (or a typed code) is a handshake, as in WhatsApp: the server marks the attempt scanned and wakes its
+client, which stores its new credentials and confirms (``confirm_pairing``); only then is the device linked
+and the phone told so. Unconfirmed within ``confirm_s`` (the client died, or a new attempt replaced its flow),
+the scan is undone and refused, so a phone never sees success for a link no client holds.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -36,6 +42,16 @@ from services.whatsapp.emulator.tables import devices, pairings
 NOTIFY_CHANNEL = "whatsapp_emulator"
 # Codes a test may make the server send to a connected client.
 DROP_CODES = frozenset({401, 403, 408, 428, 440, 500, 503, 515})
+# How long a scan waits for the attempt's client to confirm (settings: WHATSAPP_EMULATOR_CONFIRM_S).
+DEFAULT_CONFIRM_S = 5.0
+
+
+class LinkOutcome(Enum):
+    """What the phone is told after a scan or a typed code."""
+
+    LINKED = "linked"
+    INVALID = "invalid"  # not the currently valid QR/code (stale, expired, wrong, or no attempt waiting)
+    UNCONFIRMED = "unconfirmed"  # valid, but the attempt's client did not confirm in time
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,7 @@ class EmulatorServer(ABC):
     # -- client side: pairing --------------------------------------------------------------------------
     @abstractmethod
     async def begin_pairing(self, session_id: str, attempt_id: str, identity_pub: str) -> None:
-        """Start a pairing attempt (ends any earlier one of the session)."""
+        """Start a pairing attempt (ends any earlier one of the session; a linked device stays linked)."""
 
     @abstractmethod
     async def issue_ref(self, session_id: str, attempt_id: str, payload: str, ttl_s: float) -> Issued | None:
@@ -96,11 +112,15 @@ class EmulatorServer(ABC):
 
     @abstractmethod
     async def pairing_outcome(self, session_id: str, attempt_id: str) -> Paired | None:
-        """The linked device when a phone accepted this attempt."""
+        """The device a phone accepted this attempt as (linked once the client confirms it)."""
 
     @abstractmethod
     async def end_pairing(self, session_id: str, attempt_id: str) -> Paired | None:
         """Expire the attempt's ref/code; returns the outcome if a phone got in first."""
+
+    @abstractmethod
+    async def confirm_pairing(self, session_id: str, attempt_id: str) -> bool:
+        """The client stored its credentials: link the device; False when the scan was undone or replaced."""
 
     # -- client side: connection -----------------------------------------------------------------------
     @abstractmethod
@@ -125,12 +145,20 @@ class EmulatorServer(ABC):
 
     # -- the phone and the test controls ---------------------------------------------------------------
     @abstractmethod
-    async def scan(self, session_id: str, payload: str, phone: str) -> bool:
-        """A phone scanned ``payload``: True when it is the attempt's currently valid QR (the device is linked)."""
+    async def link_by_qr(self, session_id: str, payload: str, phone: str) -> LinkOutcome:
+        """A phone scanned ``payload``: linked when it is the currently valid QR and the client confirmed."""
 
     @abstractmethod
+    async def link_by_code(self, session_id: str, code: str) -> LinkOutcome:
+        """A phone typed ``code``: linked when it is the valid pairing code and the client confirmed."""
+
+    async def scan(self, session_id: str, payload: str, phone: str) -> bool:
+        """A phone scanned ``payload``: True only when the device got linked (the client confirmed)."""
+        return await self.link_by_qr(session_id, payload, phone) is LinkOutcome.LINKED
+
     async def enter_code(self, session_id: str, code: str) -> bool:
-        """A phone typed ``code``: True when it is the valid pairing code (the device is linked)."""
+        """A phone typed ``code``: True only when the device got linked (the client confirmed)."""
+        return await self.link_by_code(session_id, code) is LinkOutcome.LINKED
 
     @abstractmethod
     async def request_drop(self, session_id: str, code: int) -> bool:
@@ -145,20 +173,26 @@ class PostgresEmulatorServer(EmulatorServer):
     """The server in PostgreSQL; every change a client may wait for is notified on ``whatsapp_emulator``."""
 
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], *, slots: asyncio.Semaphore | None = None
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        slots: asyncio.Semaphore | None = None,
+        confirm_s: float = DEFAULT_CONFIRM_S,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._slots = slots
+        self.confirm_s = confirm_s
 
     @staticmethod
     async def _notify(db: AsyncSession, session_id: str) -> None:
         await db.execute(select(func.pg_notify(NOTIFY_CHANNEL, session_id)))
 
     async def begin_pairing(self, session_id: str, attempt_id: str, identity_pub: str) -> None:
-        """Start a pairing attempt (ends any earlier one of the session)."""
+        """Start a pairing attempt (ends any earlier one of the session; a linked device stays linked)."""
         stmt = insert(pairings).values(session_id=session_id, attempt_id=attempt_id, identity_pub=identity_pub)
         cleared = {c: None for c in ("qr_payload", "qr_expires_at", "code", "code_phone", "code_expires_at")}
-        cleared.update(paired_at=None, paired_phone=None, device_id=None)
+        # Only the attempt's record is reset: the ``devices`` row of a confirmed link is never touched here.
+        cleared.update(paired_at=None, paired_phone=None, device_id=None, confirmed_at=None)
         async with open_db(self._sessionmaker, self._slots) as db:
             await db.execute(
                 stmt.on_conflict_do_update(
@@ -205,7 +239,7 @@ class PostgresEmulatorServer(EmulatorServer):
         return None if expires is None else Issued(code, expires)
 
     async def pairing_outcome(self, session_id: str, attempt_id: str) -> Paired | None:
-        """The linked device when a phone accepted this attempt."""
+        """The device a phone accepted this attempt as (linked once the client confirms it)."""
         async with open_db(self._sessionmaker, self._slots, begin=False) as db:
             row = (
                 await db.execute(
@@ -232,64 +266,142 @@ class PostgresEmulatorServer(EmulatorServer):
             )
         return await self.pairing_outcome(session_id, attempt_id)
 
-    async def _link(self, db: AsyncSession, session_id: str, match: Any, phone: str | None) -> bool:
-        device_id = new_device_id()
-        row = (
-            await db.execute(
-                update(pairings)
-                .where(pairings.c.session_id == session_id, pairings.c.paired_at.is_(None), match)
-                .values(
-                    paired_at=func.now(),
-                    paired_phone=func.coalesce(phone, pairings.c.code_phone),
-                    device_id=device_id,
-                    qr_payload=None,
-                    qr_expires_at=None,
-                    code=None,
-                    code_expires_at=None,
+    async def _scanned(self, session_id: str, match: Any, phone: str | None) -> LinkOutcome:
+        """Mark the attempt scanned and wake its client, then wait for the client to confirm."""
+        async with open_db(self._sessionmaker, self._slots) as db:
+            row = (
+                await db.execute(
+                    update(pairings)
+                    .where(pairings.c.session_id == session_id, pairings.c.paired_at.is_(None), match)
+                    .values(
+                        paired_at=func.now(),
+                        paired_phone=func.coalesce(phone, pairings.c.code_phone),
+                        device_id=new_device_id(),
+                        confirmed_at=None,
+                        qr_payload=None,
+                        qr_expires_at=None,
+                        code=None,
+                        code_expires_at=None,
+                    )
+                    .returning(pairings.c.attempt_id, pairings.c.device_id)
                 )
-                .returning(pairings.c.identity_pub, pairings.c.paired_phone)
-            )
-        ).first()
-        if row is None:
+            ).first()
+            if row is None:
+                return LinkOutcome.INVALID
+            await self._notify(db, session_id)
+        confirmed = await self._await_confirm(session_id, row.attempt_id, row.device_id)
+        return LinkOutcome.LINKED if confirmed else LinkOutcome.UNCONFIRMED
+
+    async def _confirm_state(self, session_id: str, attempt_id: str, device_id: int) -> bool | None:
+        """True when this scan was confirmed, False when it was replaced or undone, None while it waits."""
+        async with open_db(self._sessionmaker, self._slots, begin=False) as db:
+            row = (
+                await db.execute(
+                    select(pairings.c.attempt_id, pairings.c.device_id, pairings.c.confirmed_at).where(
+                        pairings.c.session_id == session_id
+                    )
+                )
+            ).first()
+        if row is None or row.attempt_id != attempt_id or row.device_id != device_id:
             return False
-        stmt = insert(devices).values(
-            session_id=session_id,
-            identity_pub=row.identity_pub,
-            phone=row.paired_phone,
-            device_id=device_id,
-            linked_at=func.now(),
-            connection_seq=0,
-            connections=0,
-        )
-        # A re-link keeps the connection sequence growing, so a stale holder still sees it superseded.
-        await db.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[devices.c.session_id],
-                set_={
-                    "identity_pub": row.identity_pub,
-                    "phone": row.paired_phone,
-                    "device_id": device_id,
-                    "linked_at": func.now(),
-                    "revoked_at": None,
-                    "connection_owner": None,
-                    "pending_drop": None,
-                },
+        return True if row.confirmed_at is not None else None
+
+    async def _await_confirm(self, session_id: str, attempt_id: str, device_id: int) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.confirm_s
+        pause = 0.02
+        while True:
+            state = await self._confirm_state(session_id, attempt_id, device_id)
+            if state is not None:
+                return state
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, 0.25)
+        # Undo the scan unless the client confirmed meanwhile: row locks order the two updates, so exactly one wins.
+        async with open_db(self._sessionmaker, self._slots) as db:
+            undone = (
+                await db.execute(
+                    update(pairings)
+                    .where(
+                        pairings.c.session_id == session_id,
+                        pairings.c.attempt_id == attempt_id,
+                        pairings.c.device_id == device_id,
+                        pairings.c.confirmed_at.is_(None),
+                    )
+                    .values(paired_at=None, paired_phone=None, device_id=None)
+                    .returning(pairings.c.session_id)
+                )
+            ).first()
+        if undone is not None:
+            return False
+        return await self._confirm_state(session_id, attempt_id, device_id) is True
+
+    async def confirm_pairing(self, session_id: str, attempt_id: str) -> bool:
+        """The client stored its credentials: link the device; False when the scan was undone or replaced."""
+        async with open_db(self._sessionmaker, self._slots) as db:
+            row = (
+                await db.execute(
+                    update(pairings)
+                    .where(
+                        pairings.c.session_id == session_id,
+                        pairings.c.attempt_id == attempt_id,
+                        pairings.c.paired_at.is_not(None),
+                        pairings.c.confirmed_at.is_(None),
+                    )
+                    .values(confirmed_at=func.now())
+                    .returning(pairings.c.identity_pub, pairings.c.paired_phone, pairings.c.device_id)
+                )
+            ).first()
+            if row is None:
+                # A repeated confirm of a link already confirmed is still a yes.
+                again = (
+                    await db.execute(
+                        select(pairings.c.session_id).where(
+                            pairings.c.session_id == session_id,
+                            pairings.c.attempt_id == attempt_id,
+                            pairings.c.confirmed_at.is_not(None),
+                        )
+                    )
+                ).first()
+                return again is not None
+            stmt = insert(devices).values(
+                session_id=session_id,
+                identity_pub=row.identity_pub,
+                phone=row.paired_phone,
+                device_id=row.device_id,
+                linked_at=func.now(),
+                connection_seq=0,
+                connections=0,
             )
-        )
-        await self._notify(db, session_id)
+            # A re-link keeps the connection sequence growing, so a stale holder still sees it superseded.
+            await db.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[devices.c.session_id],
+                    set_={
+                        "identity_pub": row.identity_pub,
+                        "phone": row.paired_phone,
+                        "device_id": row.device_id,
+                        "linked_at": func.now(),
+                        "revoked_at": None,
+                        "connection_owner": None,
+                        "pending_drop": None,
+                    },
+                )
+            )
+            await self._notify(db, session_id)
         return True
 
-    async def scan(self, session_id: str, payload: str, phone: str) -> bool:
-        """A phone scanned ``payload``: True when it is the attempt's currently valid QR."""
-        async with open_db(self._sessionmaker, self._slots) as db:
-            match = (pairings.c.qr_payload == payload) & (pairings.c.qr_expires_at > func.now())
-            return await self._link(db, session_id, match, phone)
+    async def link_by_qr(self, session_id: str, payload: str, phone: str) -> LinkOutcome:
+        """A phone scanned ``payload``: linked when it is the currently valid QR and the client confirmed."""
+        match = (pairings.c.qr_payload == payload) & (pairings.c.qr_expires_at > func.now())
+        return await self._scanned(session_id, match, phone)
 
-    async def enter_code(self, session_id: str, code: str) -> bool:
-        """A phone typed ``code``: True when it is the valid pairing code."""
-        async with open_db(self._sessionmaker, self._slots) as db:
-            match = (pairings.c.code == code) & (pairings.c.code_expires_at > func.now())
-            return await self._link(db, session_id, match, None)
+    async def link_by_code(self, session_id: str, code: str) -> LinkOutcome:
+        """A phone typed ``code``: linked when it is the valid pairing code and the client confirmed."""
+        match = (pairings.c.code == code) & (pairings.c.code_expires_at > func.now())
+        return await self._scanned(session_id, match, None)
 
     async def connect(self, session_id: str, identity_pub: str, owner: str) -> ConnectResult:
         """Open the device's connection (superseding any other), or refuse with 401 when not linked."""
@@ -422,6 +534,7 @@ def _describe(device: dict[str, Any] | None, pairing: dict[str, Any] | None) -> 
             "waiting_for_scan": pairing["qr_payload"] is not None,
             "waiting_for_code": pairing["code"] is not None,
             "paired": pairing["paired_at"] is not None,
+            "confirmed": pairing.get("confirmed_at") is not None,
         }
     return out
 
@@ -436,6 +549,9 @@ class _MemPairing:
     code_phone: str | None = None
     code_expires_at: datetime | None = None
     paired: Paired | None = None
+    confirmed: bool = False
+    # Set when the scan is settled for the waiting phone: confirmed, or the attempt replaced or forgotten.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -453,8 +569,11 @@ class _MemDevice:
 class InMemoryEmulatorServer(EmulatorServer):
     """The same server in one process's memory (unit tests); ``listeners`` get the notifications."""
 
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *, confirm_s: float = DEFAULT_CONFIRM_S
+    ) -> None:
         self.clock = clock
+        self.confirm_s = confirm_s
         self.pairings: dict[str, _MemPairing] = {}
         self.devices: dict[str, _MemDevice] = {}
         self.listeners: list[Callable[[str], None]] = []
@@ -472,8 +591,11 @@ class InMemoryEmulatorServer(EmulatorServer):
         return p if p is not None and p.attempt_id == attempt_id and p.paired is None else None
 
     async def begin_pairing(self, session_id: str, attempt_id: str, identity_pub: str) -> None:
-        """Start a pairing attempt (ends any earlier one of the session)."""
+        """Start a pairing attempt (ends any earlier one of the session; a linked device stays linked)."""
         await self._tick()
+        old = self.pairings.get(session_id)
+        if old is not None:
+            old.settled.set()
         self.pairings[session_id] = _MemPairing(attempt_id, identity_pub)
 
     async def issue_ref(self, session_id: str, attempt_id: str, payload: str, ttl_s: float) -> Issued | None:
@@ -495,7 +617,7 @@ class InMemoryEmulatorServer(EmulatorServer):
         return Issued(code, p.code_expires_at)
 
     async def pairing_outcome(self, session_id: str, attempt_id: str) -> Paired | None:
-        """The linked device when a phone accepted this attempt."""
+        """The device a phone accepted this attempt as (linked once the client confirms it)."""
         await self._tick()
         p = self.pairings.get(session_id)
         return p.paired if p is not None and p.attempt_id == attempt_id else None
@@ -507,35 +629,58 @@ class InMemoryEmulatorServer(EmulatorServer):
             p.qr_payload = p.code = None
         return await self.pairing_outcome(session_id, attempt_id)
 
-    def _link(self, session_id: str, p: _MemPairing, phone: str) -> bool:
-        p.paired = Paired(phone, new_device_id())
+    async def _scanned(self, session_id: str, p: _MemPairing, phone: str) -> LinkOutcome:
+        paired = Paired(phone, new_device_id())
+        p.paired = paired
         p.qr_payload = p.code = None
+        self._notify(session_id)
+        try:
+            await asyncio.wait_for(p.settled.wait(), timeout=self.confirm_s)
+        except TimeoutError:
+            pass
+        if self.pairings.get(session_id) is not p or p.paired is not paired:
+            return LinkOutcome.UNCONFIRMED
+        if p.confirmed:
+            return LinkOutcome.LINKED
+        p.paired = None
+        return LinkOutcome.UNCONFIRMED
+
+    async def confirm_pairing(self, session_id: str, attempt_id: str) -> bool:
+        """The client stored its credentials: link the device; False when the scan was undone or replaced."""
+        await self._tick()
+        p = self.pairings.get(session_id)
+        if p is None or p.attempt_id != attempt_id or p.paired is None:
+            return False
+        if p.confirmed:
+            return True
+        p.confirmed = True
         old = self.devices.get(session_id)
         self.devices[session_id] = _MemDevice(
-            p.identity_pub, phone, p.paired.device_id, connection_seq=old.connection_seq if old else 0
+            p.identity_pub, p.paired.phone, p.paired.device_id, connection_seq=old.connection_seq if old else 0
         )
+        p.settled.set()
         self._notify(session_id)
         return True
 
-    async def scan(self, session_id: str, payload: str, phone: str) -> bool:
-        """A phone scanned ``payload``: True when it is the attempt's currently valid QR."""
+    async def link_by_qr(self, session_id: str, payload: str, phone: str) -> LinkOutcome:
+        """A phone scanned ``payload``: linked when it is the currently valid QR and the client confirmed."""
         await self._tick()
         p = self.pairings.get(session_id)
         if p is None or p.paired is not None or p.qr_payload != payload or p.qr_expires_at is None:
-            return False
+            return LinkOutcome.INVALID
         if p.qr_expires_at <= self.clock():
-            return False
-        return self._link(session_id, p, phone)
+            return LinkOutcome.INVALID
+        return await self._scanned(session_id, p, phone)
 
-    async def enter_code(self, session_id: str, code: str) -> bool:
-        """A phone typed ``code``: True when it is the valid pairing code."""
+    async def link_by_code(self, session_id: str, code: str) -> LinkOutcome:
+        """A phone typed ``code``: linked when it is the valid pairing code and the client confirmed."""
         await self._tick()
         p = self.pairings.get(session_id)
         if p is None or p.paired is not None or p.code != code or p.code_expires_at is None:
-            return False
+            return LinkOutcome.INVALID
         if p.code_expires_at <= self.clock() or p.code_phone is None:
-            return False
-        return self._link(session_id, p, p.code_phone)
+            return LinkOutcome.INVALID
+        return await self._scanned(session_id, p, p.code_phone)
 
     async def connect(self, session_id: str, identity_pub: str, owner: str) -> ConnectResult:
         """Open the device's connection (superseding any other), or refuse with 401 when not linked."""
@@ -575,7 +720,9 @@ class InMemoryEmulatorServer(EmulatorServer):
         """The client logged out: forget the device and any attempt."""
         await self._tick()
         self.devices.pop(session_id, None)
-        self.pairings.pop(session_id, None)
+        forgotten = self.pairings.pop(session_id, None)
+        if forgotten is not None:
+            forgotten.settled.set()
 
     async def request_drop(self, session_id: str, code: int) -> bool:
         """Make the server end the open connection with ``code``; False when nothing is connected."""
@@ -610,5 +757,6 @@ class InMemoryEmulatorServer(EmulatorServer):
                 "qr_payload": p.qr_payload,
                 "code": p.code,
                 "paired_at": self.clock() if p.paired else None,
+                "confirmed_at": self.clock() if p.confirmed else None,
             }
         return _describe(device, pairing)

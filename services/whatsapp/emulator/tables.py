@@ -2,7 +2,7 @@
 
 They live in the ``whatsapp_emulator`` schema so that they are clearly not part of the product's data and
 alembic's autogenerate (which compares the default schema only) never proposes to drop them. The migration
-``0002_whatsapp`` creates them.
+``0002_whatsapp`` creates them; ``0004_emulator_confirm`` adds ``pairings.confirmed_at``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ SCHEMA = "whatsapp_emulator"
 metadata = MetaData(schema=SCHEMA)
 
 # One pairing attempt per session: the client's public keys, the ref/code the server considers valid now,
-# and the outcome once a phone accepted it.
+# the outcome once a phone accepted it (``paired_at``), and ``confirmed_at`` once the client stored its
+# credentials and confirmed: only then is the device linked (a ``devices`` row) and the phone told so.
 pairings = Table(
     "pairings",
     metadata,
@@ -28,6 +29,7 @@ pairings = Table(
     Column("paired_at", DateTime(timezone=True)),
     Column("paired_phone", String(32)),
     Column("device_id", Integer),
+    Column("confirmed_at", DateTime(timezone=True)),
 )
 
 # Linked devices ("Linked devices" on the phone) and the one connection the server keeps per device.

@@ -19,6 +19,7 @@ from services.whatsapp.emulator.server import (
 from services.whatsapp.notify import asyncpg_dsn
 from shared.config import Settings
 from tests.integration.whatsapp.helpers import new_session
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,28 @@ def server(request: pytest.FixtureRequest, sessionmaker: async_sessionmaker[Asyn
     return InMemoryEmulatorServer()
 
 
+async def confirming_client(server: EmulatorServer, sid: str, attempt_id: str) -> bool:
+    """The attempt's client: waits for the scan, then confirms it (as the engine does after storing creds)."""
+    await wait_for(lambda: server.pairing_outcome(sid, attempt_id), timeout=5, what="the scan")
+    return await server.confirm_pairing(sid, attempt_id)
+
+
+async def scan_confirmed(server: EmulatorServer, sid: str, attempt_id: str, payload: str, phone: str) -> bool:
+    """A scan while the attempt's client is alive and confirms."""
+    client = asyncio.create_task(confirming_client(server, sid, attempt_id))
+    try:
+        return await server.scan(sid, payload, phone)
+    finally:
+        client.cancel()
+
+
 async def linked(server: EmulatorServer, keys: ClientKeys | None = None) -> tuple[str, ClientKeys]:
     _, sid = new_session()
     keys = keys or ClientKeys.generate()
     await server.begin_pairing(sid, "att", keys.identity_pub_b64)
     issued = await server.issue_ref(sid, "att", keys.qr_payload(new_ref()), 30)
     assert issued is not None
-    assert await server.scan(sid, issued.value, "79990000009")
+    assert await scan_confirmed(server, sid, "att", issued.value, "79990000009")
     return sid, keys
 
 
@@ -58,7 +74,7 @@ async def test_only_the_latest_unexpired_ref_of_the_current_attempt_links(server
     current = await server.issue_ref(sid, "att-2", keys.qr_payload(new_ref()), 30)
     assert current is not None
     assert await server.pairing_outcome(sid, "att-2") is None
-    assert await server.scan(sid, current.value, "79990000001")
+    assert await scan_confirmed(server, sid, "att-2", current.value, "79990000001")
     outcome = await server.pairing_outcome(sid, "att-2")
     assert outcome is not None and outcome.phone == "79990000001"
     # Paired: the attempt hands out nothing more.
@@ -72,7 +88,9 @@ async def test_codes_link_the_phone_they_were_asked_for(server: EmulatorServer) 
     await server.begin_pairing(sid, "att", keys.identity_pub_b64)
     await server.issue_code(sid, "att", "ABCDEFGH", "79161234567", 30)
     assert not await server.enter_code(sid, "ABCDEFGJ")
+    client = asyncio.create_task(confirming_client(server, sid, "att"))
     assert await server.enter_code(sid, "ABCDEFGH")
+    assert await client
     assert not await server.enter_code(sid, "ABCDEFGH")
     outcome = await server.pairing_outcome(sid, "att")
     assert outcome is not None and outcome.phone == "79161234567"
