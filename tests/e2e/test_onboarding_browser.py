@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import WhatsAppSession
 from shared.tokens import issue_onboarding_token
-from tests.support.processes import OUTPUT, ROOT, Stack, running_stack
+from tests.support.processes import OUTPUT, Stack, running_stack
 from tests.unit.gateway.gateway_support import put_company, put_session
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = OUTPUT / "screenshots"
-WHATSAPP_SERVICE = ROOT / "services" / "whatsapp" / "__main__.py"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -48,8 +47,7 @@ def browser_stack(test_env: dict[str, str]) -> Iterator[Stack]:
         # "Back to YClients" lands on the sandbox marketplace, so the test can follow it.
         stack.start("gateway", YCLIENTS_UI_URL=stack.url("sandbox") + "/marketplace")
         stack.start("registration")
-        if WHATSAPP_SERVICE.exists():
-            stack.start("whatsapp", WHATSAPP_ENGINE="emulator")
+        stack.start("whatsapp", WHATSAPP_ENGINE="emulator")
         yield stack
 
 
@@ -85,11 +83,6 @@ async def browser() -> AsyncIterator[Browser]:
         await chromium.close()
 
 
-def needs_whatsapp() -> None:
-    if not WHATSAPP_SERVICE.exists():
-        pytest.skip("services/whatsapp is not built yet: nothing issues QR codes")
-
-
 async def open_onboarding(browser: Browser, stack: Stack, salon_id: int, **context: Any) -> tuple[Page, list[str]]:
     """A page that clicked «Подключить» on the sandbox marketplace and landed on our onboarding page."""
     ctx = await browser.new_context(locale="ru-RU", **context)
@@ -117,7 +110,6 @@ class TestPairing:
     async def test_the_admin_scans_the_qr_and_the_page_turns_connected_without_reload(
         self, browser_stack: Stack, browser: Browser
     ) -> None:
-        needs_whatsapp()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         salon_id = next(_salon_ids)
         page, problems = await open_onboarding(
@@ -150,7 +142,6 @@ class TestPairing:
     async def test_on_a_phone_screen_the_qr_is_large_and_the_code_alternative_works(
         self, browser_stack: Stack, browser: Browser
     ) -> None:
-        needs_whatsapp()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         salon_id = next(_salon_ids)
         page, problems = await open_onboarding(
