@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.activation.service import CONSUMER, InstallApi, unfreeze_salon
-from services.activation.store import lock_company, record_event, registered_after
+from services.activation.store import lock_company, registered_after
+from shared.db.audit import record_event
 from shared.db.models import Company
 from shared.db.uow import UnitOfWork
 from shared.messages import (

@@ -28,10 +28,10 @@ from services.activation.store import (
     lock_company,
     mark_activation_started,
     record_attempt,
-    record_event,
 )
 from shared.bus.errors import PermanentError, TransientError
 from shared.config import Settings
+from shared.db.audit import record_event
 from shared.db.models import Company
 from shared.db.uow import UnitOfWork
 from shared.messages import (

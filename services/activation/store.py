@@ -26,25 +26,6 @@ async def lock_company(session: AsyncSession, salon_id: int) -> Company | None:
     return result.scalar_one_or_none()
 
 
-async def record_event(
-    session: AsyncSession,
-    *,
-    salon_id: int,
-    company_id: int | None,
-    event_type: str,
-    data: dict[str, Any],
-    message_id: uuid.UUID | None = None,
-) -> bool:
-    """Append to the audit trail; False when this message already recorded this event type."""
-    result = await session.execute(
-        insert(MarketplaceEvent)
-        .values(salon_id=salon_id, company_id=company_id, event_type=event_type, event_data=data, message_id=message_id)
-        .on_conflict_do_nothing()
-        .returning(MarketplaceEvent.id)
-    )
-    return result.first() is not None
-
-
 async def record_attempt(
     session: AsyncSession,
     *,

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Company, MarketplaceEvent
+from shared.db.models import Company
 from shared.messages import MarketplaceUser
 
 
@@ -84,25 +84,6 @@ async def upsert_company(session: AsyncSession, salon_id: int, user: Marketplace
         )
     ).one()
     return UpsertResult(row.id, row.title, row.integration_status, previous, row.enriched_at is not None)
-
-
-async def record_event(
-    session: AsyncSession,
-    *,
-    salon_id: int,
-    company_id: int | None,
-    event_type: str,
-    data: dict[str, Any],
-    message_id: Any = None,
-) -> bool:
-    """Append to the audit trail; False when this message already recorded this event type."""
-    result = await session.execute(
-        insert(MarketplaceEvent)
-        .values(salon_id=salon_id, company_id=company_id, event_type=event_type, event_data=data, message_id=message_id)
-        .on_conflict_do_nothing()
-        .returning(MarketplaceEvent.id)
-    )
-    return result.first() is not None
 
 
 async def apply_profile(

@@ -10,10 +10,10 @@ from services.registration.companies import (
     companies_missing_profile,
     fallback_title,
     fit,
-    record_event,
     upsert_company,
 )
 from shared.bus.errors import PermanentError
+from shared.db.audit import record_event
 from shared.db.uow import UnitOfWork
 from shared.messages import (
     CompanyEnriched,

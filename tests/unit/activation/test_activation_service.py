@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.activation.lifecycle import apply_lifecycle_webhook
 from services.activation.service import activate_salon, give_up, note_logged_out
-from services.activation.store import ACTIVATION_STARTED, record_event
+from services.activation.store import ACTIVATION_STARTED
 from shared.bus.errors import PermanentError, TransientError, is_permanent
 from shared.config import Settings
+from shared.db.audit import record_event
 from shared.db.models import MarketplaceEvent
 from shared.db.uow import UnitOfWork
 from shared.messages import (
