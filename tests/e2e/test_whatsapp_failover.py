@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.broker import Broker
-from shared.config import Settings
 from shared.messages import PairingExpired, QrIssued, RequestPairing, WhatsAppConnected
 from tests.integration.whatsapp.helpers import EventTap, event_tap, new_session, park_created, session_row
 from tests.support.processes import ServiceProcess, Stack, free_port, running_stack
@@ -50,14 +49,6 @@ async def _park_sessions(sessionmaker: async_sessionmaker[AsyncSession]) -> Asyn
 def stack(test_env: dict[str, str]) -> Iterator[Stack]:
     with running_stack(test_env, "whatsapp_failover") as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-async def publisher(settings: Settings) -> AsyncIterator[Broker]:
-    b = Broker(settings.RABBITMQ_URL, name="whatsapp-failover", publish_timeout_s=3)
-    await b.connect(attempts=3)
-    yield b
-    await b.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.broker import Broker
-from shared.config import Settings
 from shared.messages import QrIssued, RequestPairing, WhatsAppDisconnected
 from tests.integration.whatsapp.helpers import EventTap, event_tap, new_session, park_created, session_row
 from tests.support.processes import ServiceProcess, running_stack
@@ -36,14 +35,6 @@ def worker(test_env: dict[str, str]) -> Iterator[ServiceProcess]:
             WHATSAPP_BACKOFF_BASE_S="1",
             WHATSAPP_BACKOFF_CAP_S="4",
         )
-
-
-@pytest.fixture(scope="module")
-async def publisher(settings: Settings) -> AsyncIterator[Broker]:
-    b = Broker(settings.RABBITMQ_URL, name="whatsapp-neonize", publish_timeout_s=3)
-    await b.connect(attempts=3)
-    yield b
-    await b.close()
 
 
 @pytest.fixture(scope="module")

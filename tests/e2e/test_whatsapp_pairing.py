@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.broker import Broker
-from shared.config import Settings
 from shared.messages import (
     PairingCodeIssued,
     PairingExpired,
@@ -60,14 +59,6 @@ def worker(stack: Stack) -> ServiceProcess:
         WHATSAPP_BACKOFF_CAP_S="3",
         WHATSAPP_MAX_CONNECTS_PER_MINUTE="5",
     )
-
-
-@pytest.fixture(scope="module")
-async def publisher(settings: Settings) -> AsyncIterator[Broker]:
-    b = Broker(settings.RABBITMQ_URL, name="whatsapp-e2e", publish_timeout_s=3)
-    await b.connect(attempts=3)
-    yield b
-    await b.close()
 
 
 @pytest.fixture(scope="module")
