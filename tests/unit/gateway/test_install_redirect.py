@@ -191,7 +191,7 @@ async def test_neither_the_token_nor_the_signature_is_logged(
 
 
 async def test_with_the_broker_down_the_redirect_still_answers_and_the_message_waits_in_the_outbox(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], channel: AbstractChannel
 ) -> None:
     salon_id = new_salon_id()
     async with running_gateway(with_broker_down(settings), wait_ready=False) as (app, client):
@@ -205,7 +205,11 @@ async def test_with_the_broker_down_the_redirect_still_answers_and_the_message_w
     async with sessionmaker() as session:
         rows = (await session.execute(select(OutboxMessage).where(OutboxMessage.producer == "gateway"))).scalars()
         stored = [decode(r.body) for r in rows if r.routing_key == RegistrationRequested.ROUTING_KEY]
-    assert [m for m in stored if m.salon_id == salon_id and isinstance(m, RegistrationRequested)]
+    if not [m for m in stored if m.salon_id == salon_id and isinstance(m, RegistrationRequested)]:
+        # A row whose publish failed is due at once: a relay of another (connected) gateway of this test session
+        # may already have published it on the NOTIFY. Then it is in the work queue: nothing was lost.
+        relayed = await take_from_queue(channel, REGISTRATION.name, for_salons(salon_id), timeout=10)
+        assert isinstance(relayed, RegistrationRequested)
 
 
 async def test_the_outbox_relay_publishes_what_was_stored_while_the_broker_was_down(
