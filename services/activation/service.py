@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from services.activation.apikeys import hash_api_key, new_api_key
 from services.activation.store import (
     activation_owner,
@@ -123,6 +125,28 @@ class _Run:
     company_id: int | None = None
     previous_hash: str | None = None
     previous_created_at: datetime | None = None
+
+    async def record(
+        self,
+        session: AsyncSession,
+        *,
+        action: str,
+        outcome: str,
+        status_code: int | None,
+        error: str | None = None,
+    ) -> None:
+        """One row in `activation_attempts` for a call this handling made."""
+        await record_attempt(
+            session,
+            salon_id=self.salon_id,
+            company_id=self.company_id,
+            attempt=self.attempt,
+            action=action,
+            outcome=outcome,
+            status_code=status_code,
+            error=error,
+            message_id=self.cmd.id,
+        )
 
 
 async def activate_salon(
@@ -260,16 +284,12 @@ async def _check_install(run: _Run, *, uow: UnitOfWork, yclients: InstallApi) ->
         raise
     installed = status is not None and status.status in PLATFORM_INSTALLED
     async with uow:
-        await record_attempt(
+        await run.record(
             uow.session,
-            salon_id=run.salon_id,
-            company_id=run.company_id,
-            attempt=run.attempt,
             action="status_check",
             outcome="installed" if installed else "not_installed",
             status_code=200 if status is not None else 404,
             error=None if installed else f"platform status: {status.status if status else 'not installed'}",
-            message_id=run.cmd.id,
         )
         await uow.commit()
     return installed
@@ -284,16 +304,12 @@ async def _already_installed(
         if company is not None and company.integration_status == "activating":
             # The key just offered was refused: YClients keeps the one of that install (ours from before, if any).
             company.api_key_hash, company.api_key_created_at = run.previous_hash, run.previous_created_at
-        await record_attempt(
+        await run.record(
             uow.session,
-            salon_id=run.salon_id,
-            company_id=run.company_id,
-            attempt=run.attempt,
             action="callback",
             outcome="rejected_installed",
             status_code=exc.status,
             error=str(exc),
-            message_id=run.cmd.id,
         )
         await uow.commit()
     if await _check_install(run, uow=uow, yclients=yclients):
@@ -309,15 +325,11 @@ async def _finish_installed(
     async with uow:
         company = await lock_company(uow.session, run.salon_id)
         if status_code is not None:
-            await record_attempt(
+            await run.record(
                 uow.session,
-                salon_id=run.salon_id,
-                company_id=run.company_id,
-                attempt=run.attempt,
                 action="callback",
                 outcome="installed",
                 status_code=status_code,
-                message_id=run.cmd.id,
             )
         if company is None or company.integration_status in ("uninstalled", "pending_whatsapp"):
             await uow.commit()
@@ -361,16 +373,12 @@ async def _failed_call(run: _Run, exc: YClientsError, *, uow: UnitOfWork, action
     permanent = not exc.retryable
     async with uow:
         company = await lock_company(uow.session, run.salon_id)
-        await record_attempt(
+        await run.record(
             uow.session,
-            salon_id=run.salon_id,
-            company_id=run.company_id,
-            attempt=run.attempt,
             action=action,
             outcome="permanent_error" if permanent else "transient_error",
             status_code=exc.status,
             error=reason,
-            message_id=run.cmd.id,
         )
         if company is not None and company.integration_status == "activating":
             company.last_error = f"{action}: {reason}"
