@@ -12,6 +12,7 @@ import httpx
 from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.bus.batching import BatchHandler
 from shared.bus.broker import Broker
 from shared.bus.consumer import Consumer, GiveUpHook, Handler
 from shared.bus.outbox import PublishedRows, publish_committed, run_relay
@@ -69,6 +70,7 @@ class ConsumerSpec:
     handlers: Mapping[type[Message], Handler]
     prefetch: int
     on_give_up: GiveUpHook | None = None
+    batch_handlers: Mapping[type[Message], BatchHandler] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class WorkerParts:
 
     handlers: Mapping[type[Message], Handler]
     on_give_up: GiveUpHook | None = None
+    # Types also applied in batches when several wait at once (each keeps its one-message handler).
+    batch_handlers: Mapping[type[Message], BatchHandler] = field(default_factory=dict)
     checks: dict[str, Check] = field(default_factory=dict)
     router: APIRouter | None = None
     background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -124,7 +128,11 @@ async def run_worker(
         checks.update(parts.checks)
         if parts.router is not None:
             app.include_router(parts.router)
-        specs = [ConsumerSpec(parts.queue or queue, parts.handlers, settings.PREFETCH, parts.on_give_up)]
+        specs = [
+            ConsumerSpec(
+                parts.queue or queue, parts.handlers, settings.PREFETCH, parts.on_give_up, parts.batch_handlers
+            )
+        ]
         for spec in [*specs, *parts.extra_consumers]:
             consumer = Consumer(
                 broker,
@@ -133,6 +141,7 @@ async def run_worker(
                 retry_delays_ms=settings.RETRY_DELAYS_MS,
                 prefetch=spec.prefetch,
                 on_give_up=spec.on_give_up,
+                batch_handlers=spec.batch_handlers,
             )
             await consumer.start()
             consumers.append(consumer)

@@ -82,7 +82,7 @@ async def mark_activation_started(
     )
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[MarketplaceEvent.event_type, MarketplaceEvent.message_id],
+            index_elements=[MarketplaceEvent.event_type, MarketplaceEvent.message_id, MarketplaceEvent.salon_id],
             index_where=MarketplaceEvent.message_id.is_not(None),
             set_={"created_at": func.now(), "event_data": stmt.excluded.event_data},
         )

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
-from services.registration.service import enrich_company, register_salons, request_missing_enrichment
+from services.registration.service import (
+    enrich_company,
+    register_batch,
+    register_salons,
+    request_missing_enrichment,
+)
 from shared.bus.consumer import Delivery
 from shared.bus.topology import ENRICHMENT, REGISTRATION
-from shared.messages import EnrichmentRequested, Message, RegistrationRequested
+from shared.messages import EnrichmentRequested, Message, RegistrationCompleted, RegistrationRequested
 from shared.worker import ConsumerSpec, WorkerContext, WorkerParts, worker_main
 
 log = logging.getLogger(__name__)
@@ -28,8 +34,14 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
         await register_salons(msg, uow=uow)
         await ctx.publish_committed(uow)
 
+    async def on_registrations(msgs: Sequence[Message]) -> None:
+        cmds = [m for m in msgs if isinstance(m, RegistrationRequested)]
+        uow = ctx.uow()
+        await register_batch(cmds, uow=uow)
+        await ctx.publish_committed(uow)
+
     async def on_enrichment(msg: Message, _: Delivery) -> None:
-        assert isinstance(msg, EnrichmentRequested)
+        assert isinstance(msg, EnrichmentRequested | RegistrationCompleted)
         uow = ctx.uow()
         await enrich_company(msg, uow=uow, yclients=yclients)
         await ctx.publish_committed(uow)
@@ -50,7 +62,14 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
     enrichment_prefetch = max(1, ctx.settings.YCLIENTS_RATE_PER_SECOND)
     return WorkerParts(
         handlers={RegistrationRequested: on_registration},
-        extra_consumers=[ConsumerSpec(ENRICHMENT, {EnrichmentRequested: on_enrichment}, enrichment_prefetch)],
+        batch_handlers={RegistrationRequested: on_registrations},
+        extra_consumers=[
+            ConsumerSpec(
+                ENRICHMENT,
+                {RegistrationCompleted: on_enrichment, EnrichmentRequested: on_enrichment},
+                enrichment_prefetch,
+            )
+        ],
         background=[sweep],
     )
 

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from pydantic import ValidationError
 
 from shared.bus import topology as t
+from shared.bus.batching import BatchHandler, BatchPolicy, MicroBatcher
 from shared.bus.broker import Broker, now_iso
 from shared.bus.errors import PublishError, is_permanent
 from shared.logging import log_context
@@ -65,6 +66,8 @@ class Consumer:
         retry_delays_ms: list[int],
         prefetch: int = 32,
         on_give_up: GiveUpHook | None = None,
+        batch_handlers: Mapping[type[Message], BatchHandler] | None = None,
+        batch_policy: BatchPolicy | None = None,
     ) -> None:
         self.broker = broker
         self.queue = queue
@@ -72,6 +75,12 @@ class Consumer:
         self.retry_delays_ms = list(retry_delays_ms)
         self.prefetch = prefetch
         self.on_give_up = on_give_up
+        policy = batch_policy or BatchPolicy()
+        # Every batched type keeps its one-message handler: a failed batch falls back to it.
+        missing = [k.__name__ for k in (batch_handlers or {}) if k not in self.handlers]
+        if missing:
+            raise ValueError(f"batch handlers without a one-message handler: {', '.join(missing)}")
+        self.batchers = {k: MicroBatcher(h, policy) for k, h in (batch_handlers or {}).items()}
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -135,6 +144,11 @@ class Consumer:
             message_id=str(msg.id), correlation_id=msg.correlation_id, salon_id=msg.salon_id, type=msg.type
         ):
             started = time.perf_counter()
+            batcher = self.batchers.get(type(msg))
+            if batcher is not None and await batcher.submit(msg):
+                HANDLER_SECONDS.labels(self.queue.name, msg.type).observe(time.perf_counter() - started)
+                await self._acked(incoming, msg, attempt)
+                return
             try:
                 await handler(msg, ctx)
             except asyncio.CancelledError:
@@ -146,10 +160,13 @@ class Consumer:
                 return
             finally:
                 HANDLER_SECONDS.labels(self.queue.name, msg.type).observe(time.perf_counter() - started)
-            await incoming.ack()
-            MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
-            self.processed += 1
-            log.debug("handled", extra={"attempt": attempt})
+            await self._acked(incoming, msg, attempt)
+
+    async def _acked(self, incoming: AbstractIncomingMessage, msg: Message, attempt: int) -> None:
+        await incoming.ack()
+        MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
+        self.processed += 1
+        log.debug("handled", extra={"attempt": attempt})
 
     async def _failed(
         self, incoming: AbstractIncomingMessage, headers: dict[str, Any], msg: Message, attempt: int, exc: Exception

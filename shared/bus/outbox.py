@@ -101,7 +101,9 @@ async def relay_once(
                     select(OutboxMessage)
                     # A row whose publish already failed once (the gateway's fallback) is due at once.
                     .where(or_(OutboxMessage.created_at < func.now() - grace, OutboxMessage.attempts > 0))
-                    .order_by(OutboxMessage.created_at)
+                    # Rows that failed before go behind the others: one unroutable row must not hold back the
+                    # batch behind it forever.
+                    .order_by(OutboxMessage.attempts, OutboxMessage.created_at)
                     .limit(batch)
                     .with_for_update(skip_locked=True)
                 )

@@ -49,7 +49,9 @@ class WorkQueue:
 REGISTRATION = WorkQueue("registration", (m.RegistrationRequested.ROUTING_KEY,))
 # Enrichment waits on the shared YClients rate limit; in its own queue with a small prefetch it neither holds
 # registrations back nor sits unacked by the dozen (each worker restart would count a delivery against them).
-ENRICHMENT = WorkQueue("enrichment", (m.EnrichmentRequested.ROUTING_KEY,))
+# It subscribes to `registration.completed` itself (one follow-up event per registered salon, not an event plus
+# a command); `registration.enrichment_requested` remains for asking again (the sweep, an operator).
+ENRICHMENT = WorkQueue("enrichment", (m.RegistrationCompleted.ROUTING_KEY, m.EnrichmentRequested.ROUTING_KEY))
 WHATSAPP = WorkQueue(
     "whatsapp", (m.RequestPairing.ROUTING_KEY, m.RequestPause.ROUTING_KEY, m.RequestLogout.ROUTING_KEY)
 )

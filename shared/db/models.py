@@ -84,11 +84,13 @@ class MarketplaceEvent(Base):
     __tablename__ = "marketplace_events"
     __table_args__ = (
         Index("ix_marketplace_events_salon_id_created_at", "salon_id", "created_at"),
-        # One row per (event type, causing message): redelivery cannot write the same event twice.
+        # One row per (event type, causing message, salon): redelivery cannot write the same event twice, and
+        # an install of several salons records each of them.
         Index(
-            "uq_marketplace_events_event_type_message_id",
+            "uq_marketplace_events_event_type_message_id_salon_id",
             "event_type",
             "message_id",
+            "salon_id",
             unique=True,
             postgresql_where="message_id IS NOT NULL",
         ),
@@ -215,6 +217,8 @@ class RateLimit(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     slots: Mapped[list[float]] = mapped_column(ARRAY(DOUBLE_PRECISION), nullable=False, server_default="{}")
+    # When each slot's call was answered (an upper bound of its arrival), NULL until reported; may be shorter.
+    completed: Mapped[list[float | None]] = mapped_column(ARRAY(DOUBLE_PRECISION), nullable=False, server_default="{}")
     # How late callers woke up for their slots recently (decaying maximum): the windows widen by it.
     jitter_s: Mapped[float] = mapped_column(DOUBLE_PRECISION, nullable=False, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import delete
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import OutboxMessage, ProcessedMessage
+from shared.db.models import OutboxMessage
 from shared.messages import Message, encode
+
+# Core statements (not ORM-enabled ones): they are on every message's path, and the ORM's bulk layer costs
+# more CPU than the round trip.
+_OUTBOX_INSERT = insert(OutboxMessage.metadata.tables[OutboxMessage.__tablename__])
+_CLAIM = text(
+    "INSERT INTO processed_messages (consumer, message_id) SELECT :consumer, unnest(CAST(:ids AS uuid[]))"
+    " ON CONFLICT DO NOTHING RETURNING message_id"
+)
 
 
 class UnitOfWork:
@@ -50,8 +58,8 @@ class UnitOfWork:
     async def commit(self) -> None:
         """Commit the state and the emitted messages together (the outbox rows in one INSERT)."""
         if self.emitted:
-            await self.session.execute(
-                insert(OutboxMessage),
+            await (await self.session.connection()).execute(
+                _OUTBOX_INSERT,
                 [
                     {"id": m.id, "routing_key": m.type, "body": encode(m), "producer": self.producer, "attempts": 0}
                     for m in self.emitted
@@ -67,13 +75,14 @@ class UnitOfWork:
 
     async def claim_message(self, consumer: str, message_id: uuid.UUID) -> bool:
         """Record that `consumer` applies `message_id`; False when it already did (a redelivery)."""
-        result = await self.session.execute(
-            insert(ProcessedMessage)
-            .values(consumer=consumer, message_id=message_id)
-            .on_conflict_do_nothing()
-            .returning(ProcessedMessage.message_id)
+        return bool(await self.claim_messages(consumer, [message_id]))
+
+    async def claim_messages(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Record that `consumer` applies these messages; returns the ids it had not applied before."""
+        result = await (await self.session.connection()).execute(
+            _CLAIM, {"consumer": consumer, "ids": list(message_ids)}
         )
-        return result.first() is not None
+        return {row[0] for row in result}
 
     def take_committed(self) -> list[Message]:
         """Messages committed since the last call (the caller publishes, then deletes them from the outbox)."""

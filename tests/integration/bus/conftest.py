@@ -8,6 +8,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from shared.bus.batching import BatchHandler, BatchPolicy
 from shared.bus.broker import Broker
 from shared.bus.consumer import Consumer, GiveUpHook, Handler
 from shared.bus.topology import WorkQueue
@@ -59,9 +60,18 @@ async def start_consumer(broker: Broker, make_queue: MakeQueue) -> AsyncIterator
         on_give_up: GiveUpHook | None = None,
         on: Broker | None = None,
         prefetch: int = 8,
+        batch_handlers: Mapping[type[Message], BatchHandler] | None = None,
+        batch_policy: BatchPolicy | None = None,
     ) -> Consumer:
         consumer = Consumer(
-            on or broker, queue, handlers, retry_delays_ms=RETRY_DELAYS_MS, prefetch=prefetch, on_give_up=on_give_up
+            on or broker,
+            queue,
+            handlers,
+            retry_delays_ms=RETRY_DELAYS_MS,
+            prefetch=prefetch,
+            on_give_up=on_give_up,
+            batch_handlers=batch_handlers,
+            batch_policy=batch_policy,
         )
         await consumer.start()
         started.append(consumer)

@@ -179,6 +179,26 @@ async def test_a_row_the_broker_refuses_stays_with_its_attempt_counted(
             await session.commit()
 
 
+async def test_rows_that_keep_failing_do_not_hold_back_newer_ones(
+    broker: Broker, sessionmaker: Sessions, data_changed_queue: AbstractQueue
+) -> None:
+    # Four older rows that already failed a few times (a broker that refused them, say).
+    stuck = [uuid.uuid4() for _ in range(4)]
+    async with sessionmaker() as session:
+        for row_id in stuck:
+            session.add(OutboxMessage(id=row_id, routing_key="test.nobody.k0", body=b"{}", producer="test", attempts=3))
+        await session.commit()
+    try:
+        [fresh] = await _commit_without_publishing(sessionmaker, 1)
+        # A batch of one: the fresh row must come first although it is the newest.
+        assert await relay_once(broker, sessionmaker, batch=1, grace=NO_GRACE) == 1
+        assert await _drain(data_changed_queue) == Counter({str(fresh.id): 1})
+    finally:
+        async with sessionmaker() as session:
+            await session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(stuck)))
+            await session.commit()
+
+
 async def test_a_relay_wakes_on_notify_for_a_row_whose_publish_already_failed(
     broker: Broker, settings: Settings, sessionmaker: Sessions, data_changed_queue: AbstractQueue
 ) -> None:

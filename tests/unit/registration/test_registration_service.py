@@ -9,8 +9,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.registration.companies import fallback_title
-from services.registration.service import enrich_company, register_salons, request_missing_enrichment
+from services.registration.service import (
+    enrich_company,
+    register_batch,
+    register_salons,
+    request_missing_enrichment,
+)
 from shared.bus.errors import PermanentError
+from shared.bus.topology import ENRICHMENT
 from shared.db.models import Company, MarketplaceEvent, OutboxMessage
 from shared.db.uow import UnitOfWork
 from shared.messages import (
@@ -88,7 +94,9 @@ async def test_new_salon_gets_company_event_and_follow_ups(sessionmaker: async_s
     assert (row.marketplace_user_id, row.marketplace_user_name) == ("77", "Андрей Иванов")
     assert await events(sessionmaker, salon, "registration_started") == 1
     kinds = [type(m) for m in uow.take_committed()]
-    assert kinds == [RegistrationCompleted, EnrichmentRequested]
+    # One follow-up: the enrichment queue subscribes to `registration.completed` itself.
+    assert kinds == [RegistrationCompleted]
+    assert RegistrationCompleted.ROUTING_KEY in ENRICHMENT.routing_keys
 
 
 async def test_follow_ups_are_in_the_outbox_with_the_state(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
@@ -123,6 +131,49 @@ async def test_multi_location_install_registers_every_salon(sessionmaker: async_
     assert await company(sessionmaker, second) is not None
     completed = [m for m in uow.take_committed() if isinstance(m, RegistrationCompleted)]
     assert sorted(m.data.salon_id for m in completed) == sorted([first, second])
+
+
+async def test_multi_location_install_records_every_salon_in_the_audit_trail(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    first, second = new_salon_id(), new_salon_id()
+    await register_salons(registration(first, second), uow=UnitOfWork(sessionmaker, producer="registration"))
+    assert await events(sessionmaker, first, "registration_started") == 1
+    assert await events(sessionmaker, second, "registration_started") == 1
+
+
+async def test_a_batch_applies_each_install_once_in_order(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    a, b, c = new_salon_id(), new_salon_id(), new_salon_id()
+    old_user = MarketplaceUser(id="1", name="Старый админ")
+    new_user = MarketplaceUser(id="2", name="Новый админ")
+    already = registration(c)
+    await register_salons(already, uow=UnitOfWork(sessionmaker, producer="registration"))
+    # a twice (two clicks, the later one wins), a multi-salon install, and a redelivery of an applied message.
+    batch = [registration(a, user=old_user), registration(a, b), registration(a, user=new_user), already]
+    uow = UnitOfWork(sessionmaker, producer="registration")
+
+    applied = await register_batch(batch, uow=uow)
+
+    assert applied == [a, a, b, a]
+    row = await company(sessionmaker, a)
+    assert row is not None and row.marketplace_user_name == "Новый админ"
+    assert await events(sessionmaker, a, "registration_started") == 3
+    assert await events(sessionmaker, b, "registration_started") == 1
+    assert await events(sessionmaker, c, "registration_started") == 1
+    completed = [m.data.salon_id for m in uow.take_committed() if isinstance(m, RegistrationCompleted)]
+    assert completed == [a, a, b, a]
+
+
+async def test_a_failing_batch_leaves_nothing_behind(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    good = new_salon_id()
+    # bigint overflows: PostgreSQL refuses the whole statement, so the transaction must leave no trace.
+    bad = RegistrationRequested(salon_id=good, data={"salon_ids": [2**63]})
+    first = registration(good)
+    with pytest.raises(Exception, match="range"):
+        await register_batch([first, bad], uow=UnitOfWork(sessionmaker, producer="registration"))
+    assert await company(sessionmaker, good) is None
+    # Alone, the good message is applied: its claim was rolled back with the batch.
+    assert await register_salons(first, uow=UnitOfWork(sessionmaker, producer="registration")) == [good]
 
 
 async def test_reinstall_after_uninstall_starts_again_and_keeps_history(
@@ -177,6 +228,22 @@ async def test_enrichment_stores_the_profile(sessionmaker: async_sessionmaker[As
     assert (row.phone, row.timezone) == ("79001234567", "Europe/Moscow")
     assert row.enriched_at is not None
     assert [type(m) for m in uow.take_committed()] == [CompanyEnriched]
+
+
+async def test_the_registration_event_itself_drives_enrichment(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    salon = new_salon_id()
+    registered = UnitOfWork(sessionmaker, producer="registration")
+    await register_salons(registration(salon), uow=registered)
+    [completed] = registered.take_committed()
+    assert isinstance(completed, RegistrationCompleted)
+
+    assert await enrich_company(
+        completed, uow=UnitOfWork(sessionmaker, producer="registration"), yclients=FakeDirectory()
+    )
+
+    row = await company(sessionmaker, salon)
+    assert row is not None and row.title == f"Бьюти-студия «Лотос» {salon}"
+    assert await events(sessionmaker, salon, "company_enriched") == 1
 
 
 async def test_enrichment_failure_keeps_fallback_title_and_propagates(
