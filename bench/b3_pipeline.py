@@ -14,7 +14,8 @@ from bench.procinfo import cpu_seconds
 from bench.profiling import ProfileSummary
 from bench.stats import median
 from shared.bus.broker import amqp_message
-from shared.bus.topology import REGISTRATION
+from shared.bus.topology import ENRICHMENT, REGISTRATION
+from shared.config import Settings
 from shared.messages import Message, RegistrationRequested
 from tests.support.processes import ROOT, ServiceProcess
 
@@ -22,6 +23,8 @@ TARGET = 0.8
 REF_QUEUE = "bench.reference.registration"
 FIRST_SALON = 10_000_000
 PUBLISH_CHUNK = 500
+# The registration queue's prefetch as deployed; the reference gets the same.
+PREFETCH = Settings().batch_prefetch
 USER = {"id": "123", "name": "Андрей Иванов", "phone": "79990009900", "email": "andrey@example.com"}
 
 
@@ -30,6 +33,18 @@ def registrations(first: int, count: int) -> list[Message]:
     return [
         RegistrationRequested(salon_id=s, data={"salon_ids": [s], "user": USER}) for s in range(first, first + count)
     ]
+
+
+async def batch_sizes(worker: ServiceProcess) -> tuple[float, float]:
+    """Messages and batches applied so far, from the worker's own /metrics."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(worker.url + "/metrics")).text
+    found = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in found:
+            if line.startswith(f"marketplace_batch_size_{kind}{{") and RegistrationRequested.ROUTING_KEY in line:
+                found[kind] = float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
 
 
 async def _persisted(env: BenchEnv, first: int, count: int) -> int:
@@ -126,6 +141,7 @@ async def run(ctx: RunContext) -> BenchResult:
     publish_s: dict[str, list[float]] = {"ours": [], "reference": []}
     cpu_ms: dict[str, list[float]] = {"ours": [], "reference": []}
     enriched_during: list[int] = []
+    mean_batch: list[float] = []
     company_calls = 0
     async with bench_env("B3", ctx) as env:
         sandbox = await asyncio.to_thread(env.start, "sandbox")
@@ -141,9 +157,13 @@ async def run(ctx: RunContext) -> BenchResult:
                 if side == "ours":
                     worker = await asyncio.to_thread(env.start, "registration")
                     await runner.batch(runner.publish_ours, warm, consumer=worker)
+                    applied_before, batches_before = await batch_sizes(worker)
                     elapsed, published, first, cpu = await runner.batch(
                         runner.publish_ours, count, consumer=worker, profile=round_no == 0 and ctx.profile
                     )
+                    applied_after, batches_after = await batch_sizes(worker)
+                    if batches_after > batches_before:
+                        mean_batch.append((applied_after - applied_before) / (batches_after - batches_before))
                     enriched_during.append(
                         int(
                             str(
@@ -159,6 +179,7 @@ async def run(ctx: RunContext) -> BenchResult:
                     # The enrichment follow-ups still queued would slow the next runs down: drop them.
                     await asyncio.to_thread(worker.kill)
                     await env.purge(REGISTRATION.name)
+                    await env.purge(ENRICHMENT.name)
                     await env.sql("DELETE FROM rate_limits")
                     async with httpx.AsyncClient(base_url=sandbox.url, timeout=10) as http:
                         calls = (await http.get("/__sandbox/calls", params={"path": "/api/v1/company"})).json()
@@ -166,7 +187,11 @@ async def run(ctx: RunContext) -> BenchResult:
                         (await http.post("/__sandbox/reset")).raise_for_status()
                 else:
                     loop = await asyncio.to_thread(
-                        env.start_module, "ref-loop", ["bench.refloop", REF_QUEUE], http=False, ready_line="consuming"
+                        env.start_module,
+                        "ref-loop",
+                        ["bench.refloop", REF_QUEUE, "--prefetch", str(PREFETCH)],
+                        http=False,
+                        ready_line="consuming",
                     )
                     await runner.batch(runner.publish_reference, warm, consumer=loop)
                     elapsed, published, _, cpu = await runner.batch(runner.publish_reference, count, consumer=loop)
@@ -183,17 +208,20 @@ async def run(ctx: RunContext) -> BenchResult:
         f"{warm}; published from the bench process with pipelined confirms ({PUBLISH_CHUNK} in flight); the clock "
         "runs from the first publish until a count of the batch's companies in PostgreSQL reaches the batch size "
         "(polled every 0.1 s).",
-        "Ours: the registration worker process as deployed (prefetch 32, SQLAlchemy pool 10+10, JSON logs at INFO) "
-        "consuming its quorum queue: processed-message claim, company upsert (row lock), `registration_started` "
-        "audit row, `registration.completed` and `registration.enrichment_requested` written to the outbox in the "
-        "same transaction, both published with confirms after the commit, outbox rows deleted; ack.",
-        "Ours, meanwhile: the enrichment follow-ups land in the same queue and are consumed by the same worker: "
+        f"Ours: the registration worker process as deployed (prefetch {PREFETCH}, SQLAlchemy pool 10+10, JSON logs "
+        "at INFO) "
+        "consuming its quorum queue: the registrations waiting together applied in one transaction (micro-batch): "
+        "processed-message claims, company upserts (rows locked), `registration_started` audit rows, one "
+        "`registration.completed` per salon written to the outbox in the same transaction and published with "
+        "confirms after the commit, outbox rows deleted; then each message acked.",
+        "Ours, meanwhile: the enrichment queue (subscribed to `registration.completed`) is consumed by the same "
+        "worker: "
         "`GET /api/v1/company/{id}/` on the sandbox (up, with the platform's limits 5/s and 200/min) through the "
         "PostgreSQL rate limiter. They are part of the real pipeline, so they stay in; after each run the queue "
         "is purged and the limiter reset so the next run starts clean.",
         "Reference: `python -m bench.refloop`, a plain aio-pika consumer on its own quorum queue with the same "
-        "prefetch (32) and an asyncpg pool of 20: one transaction inserting the processed-message id and upserting "
-        "the company, then ack. Same tables, same database; no audit row, outbox, follow-ups or enrichment.",
+        f"prefetch ({PREFETCH}) and an asyncpg pool of 20: one transaction inserting the processed-message id and "
+        "upserting the company, then ack. Same tables, same database; no audit row, outbox, follow-ups or enrichment.",
         "The sandbox and the gateway run as deployed during both sides' runs (the gateway's live-update queue "
         "receives `registration.completed` / `registration.enriched`).",
         "Both sides run on the standard asyncio loop.",
@@ -214,6 +242,13 @@ async def run(ctx: RunContext) -> BenchResult:
             median([float(e) for e in enriched_during]),
             "companies",
             f"sandbox company calls over all our runs: {company_calls}",
+        )
+    if mean_batch:
+        result.figure(
+            "ours: registrations applied per transaction",
+            median(mean_batch),
+            "messages",
+            "mean micro-batch size over the measured batch, from the worker's `marketplace_batch_size` histogram",
         )
     result.figure(
         "CPU per message, reference / ours",

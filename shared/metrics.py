@@ -9,3 +9,6 @@ HANDLER_SECONDS = Histogram("marketplace_handler_seconds", "Time spent in a mess
 PUBLISHED = Counter("marketplace_published_total", "Messages published with a confirm", ["routing_key"])
 HTTP_REQUESTS = Counter("marketplace_http_requests_total", "HTTP requests answered", ["route", "status"])
 YCLIENTS_CALLS = Counter("marketplace_yclients_calls_total", "Calls to YClients", ["endpoint", "status"])
+BATCH_SIZE = Histogram(
+    "marketplace_batch_size", "Messages applied together in one micro-batch", ["type"], buckets=(1, 2, 4, 8, 16, 32, 64)
+)

@@ -12,7 +12,7 @@ import httpx
 from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.bus.batching import BatchHandler
+from shared.bus.batching import BatchHandler, BatchPolicy
 from shared.bus.broker import Broker
 from shared.bus.consumer import Consumer, GiveUpHook, Handler
 from shared.bus.outbox import PublishedRows, publish_committed, run_relay
@@ -128,11 +128,8 @@ async def run_worker(
         checks.update(parts.checks)
         if parts.router is not None:
             app.include_router(parts.router)
-        specs = [
-            ConsumerSpec(
-                parts.queue or queue, parts.handlers, settings.PREFETCH, parts.on_give_up, parts.batch_handlers
-            )
-        ]
+        prefetch = settings.batch_prefetch if parts.batch_handlers else settings.PREFETCH
+        specs = [ConsumerSpec(parts.queue or queue, parts.handlers, prefetch, parts.on_give_up, parts.batch_handlers)]
         for spec in [*specs, *parts.extra_consumers]:
             consumer = Consumer(
                 broker,
@@ -142,6 +139,7 @@ async def run_worker(
                 prefetch=spec.prefetch,
                 on_give_up=spec.on_give_up,
                 batch_handlers=spec.batch_handlers,
+                batch_policy=BatchPolicy(settings.BATCH_MAX_SIZE, settings.BATCH_CONCURRENCY),
             )
             await consumer.start()
             consumers.append(consumer)

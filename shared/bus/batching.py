@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from shared.messages import Message
+from shared.metrics import BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ BatchHandler = Callable[[Sequence[Message]], Awaitable[None]]
 class BatchPolicy:
     """How big a batch may grow and how many run at once (the next one fills while the others commit)."""
 
-    max_size: int = 16
-    concurrency: int = 4
+    max_size: int = 32
+    concurrency: int = 1
 
 
 class MicroBatcher:
@@ -78,6 +79,7 @@ class MicroBatcher:
             await self._handler([msg for msg, _ in batch])
             ok = True
             self.batches += 1
+            BATCH_SIZE.labels(batch[0][0].type).observe(len(batch))
         except Exception as exc:
             log.info(
                 "batch failed, applying its messages one by one", extra={"size": len(batch), "error": repr(exc)[:300]}
