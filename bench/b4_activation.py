@@ -128,12 +128,12 @@ async def run(ctx: RunContext) -> BenchResult:
         len(admitted), [Window(w.count, w.seconds + m) for w, m in zip(windows, margins, strict=True)]
     )
     result.figure(
-        "ceiling with our limiter's margins",
+        "ceiling if no call reported its answer",
         ratio(widened.rate, bound.rate),
         "× limit",
-        "shared/ratelimit.py widens the windows by "
+        "shared/ratelimit.py counts a call at its reported completion; one not reported yet is counted "
         + ", ".join(f"{m:g} s ({w.label})" for w, m in zip(windows, margins, strict=True))
-        + ": the best ratio it allows",
+        + " after its slot: the best ratio that would allow",
     )
     result.check("achieved rate / limit", ratio(achieved, bound.rate), ">=", TARGET)
     result.check("429 answers from the sandbox", float(len(refused)), "<=", 0, unit="calls")

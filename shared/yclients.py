@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,17 +54,20 @@ class YClientsAlreadyInstalled(YClientsError):
 
 
 class RateLimiter(Protocol):
-    """Waits until one more call to YClients is allowed."""
+    """Waits until one more call to YClients is allowed, and learns when that call was done."""
 
-    async def acquire(self) -> None:
-        """Block until a call may be made."""
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        """Entering waits for the call's turn; leaving, once it has been answered or failed, records it."""
+        ...
 
 
 class NoLimit:
     """A limiter that never waits."""
 
-    async def acquire(self) -> None:
-        """Return at once."""
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Enter at once."""
+        yield
 
 
 @dataclass(frozen=True)
@@ -194,25 +198,26 @@ class YClientsClient:
         secrets: Sequence[str] = (),
     ) -> Any:
         hidden = (self._token.get_secret_value(), *secrets)
-        await self._limiter.acquire()
-        started = time.monotonic()
         try:
-            response = await self._http.request(
-                method,
-                self._base + path,
-                headers=self._headers(),
-                json=json,
-                params=params,
-                timeout=self._timeout,
-                follow_redirects=False,
-            )
+            # The limiter learns when the answer came back: YClients counted the call before that.
+            async with self._limiter.slot():
+                started = time.monotonic()
+                response = await self._http.request(
+                    method,
+                    self._base + path,
+                    headers=self._headers(),
+                    json=json,
+                    params=params,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                )
+                elapsed_ms = (time.monotonic() - started) * 1000
         except httpx.TimeoutException as exc:
             log.warning("yclients %s %s timed out", method, path)
             raise YClientsTransientError(f"timeout ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             log.warning("yclients %s %s network error %s", method, path, type(exc).__name__)
             raise YClientsTransientError(f"network error ({type(exc).__name__})") from None
-        elapsed_ms = (time.monotonic() - started) * 1000
         log.info("yclients %s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms)
         body = _json_or_none(response)
         if response.is_success:

@@ -6,16 +6,17 @@ import pytest
 from pydantic import SecretStr
 
 from shared.config import Settings
-from shared.ratelimit import Window, learnt_jitter, next_slot, yclients_windows
+from shared.ratelimit import Log, Window, learnt_jitter, next_slot, yclients_windows
 
 LIMITS = [Window(5, 1.0), Window(200, 60.0)]
 
 
 def reserve(count: int, *, now: float = 0.0, margin: float = 0.0) -> list[float]:
-    slots: list[float] = []
+    """Slots for ``count`` calls reserved at once, none of them answered yet."""
+    log = Log()
     for _ in range(count):
-        slots.append(next_slot(slots, now, LIMITS, margin))
-    return slots
+        log = log.appended(next_slot(log, now, LIMITS, margin))
+    return list(log.slots)
 
 
 def max_in_window(slots: list[float], seconds: float) -> int:
@@ -48,8 +49,8 @@ def test_a_late_first_call_cannot_crowd_the_minute() -> None:
 
 
 def test_a_quiet_limiter_answers_now() -> None:
-    assert next_slot([1.0, 2.0], 100.0, LIMITS, 0.2) == 100.0
-    assert next_slot([], 7.5, LIMITS) == 7.5
+    assert next_slot(Log.of([1.0, 2.0]), 100.0, LIMITS, 0.2) == 100.0
+    assert next_slot(Log(), 7.5, LIMITS) == 7.5
 
 
 def test_windows_come_from_the_settings() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -46,11 +48,22 @@ class Recorder:
 
 
 class CountingLimiter:
-    def __init__(self) -> None:
-        self.calls = 0
+    """Counts the calls it lets through and how many requests the transport had seen when each was done."""
 
-    async def acquire(self) -> None:
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        self.calls = 0
+        self.recorder = recorder
+        self.seen_on_entry: list[int] = []
+        self.seen_on_exit: list[int] = []
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
         self.calls += 1
+        self.seen_on_entry.append(len(self.recorder.requests) if self.recorder else 0)
+        try:
+            yield
+        finally:
+            self.seen_on_exit.append(len(self.recorder.requests) if self.recorder else 0)
 
 
 def make_client(handler: Handler, limiter: CountingLimiter | None = None) -> YClientsClient:
@@ -91,6 +104,17 @@ async def test_headers_and_limiter_on_every_call() -> None:
     assert request.headers["Content-Type"] == "application/json"
     assert str(request.url) == f"{BASE}/api/v1/company/1/"
     assert limiter.calls == 1
+
+
+@pytest.mark.parametrize("answer", [ok({"id": 1}), httpx.Response(500), httpx.ReadTimeout("t")])
+async def test_the_limiter_learns_the_call_is_done_only_after_the_answer(answer: httpx.Response | Exception) -> None:
+    rec = Recorder(answer)
+    limiter = CountingLimiter(rec)
+    client = make_client(rec, limiter)
+    with contextlib.suppress(YClientsError):
+        await client.get_company(1)
+    # Entered before the request went out; left after it was answered (or failed), whatever the outcome.
+    assert (limiter.seen_on_entry, limiter.seen_on_exit) == ([0], [1])
 
 
 async def test_company_profile_from_envelope() -> None:
@@ -290,8 +314,11 @@ async def test_repr_hides_the_token() -> None:
     assert TOKEN not in repr(vars(client))
 
 
-async def test_no_limit_returns() -> None:
-    await NoLimit().acquire()
+async def test_no_limit_enters_at_once() -> None:
+    entered = False
+    async with NoLimit().slot():
+        entered = True
+    assert entered
 
 
 async def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
