@@ -110,7 +110,8 @@ async def upsert_companies(
     previous = {row[0]: row[1] for row in await conn.execute(_LOCK, {"ids": salon_ids})}
     results: dict[int, UpsertResult] = {}
     for with_user in (True, False):
-        group = [(salon_id, user) for salon_id, user in installs if (user is not None) == with_user]
+        # In id order, as the lock took them: two workers inserting the same new salons can't deadlock.
+        group = sorted(((s, u) for s, u in installs if (u is not None) == with_user), key=lambda pair: pair[0])
         if not group:
             continue
         params: dict[str, Any] = {
