@@ -9,7 +9,9 @@ from aio_pika.abc import AbstractChannel
 
 from shared.bus.batching import BatchPolicy
 from shared.bus.broker import Broker
+from shared.bus.consumer import Consumer
 from shared.bus.errors import PermanentError
+from shared.bus.topology import WorkQueue
 from shared.messages import Message, RegistrationRequested
 from tests.integration.bus.bus_support import (
     MakeQueue,
@@ -38,20 +40,35 @@ class BatchRecorder:
         self.batches.append(salons)
 
 
-async def test_messages_waiting_together_are_applied_in_batches_and_all_acked(
-    broker: Broker, channel: AbstractChannel, make_queue: MakeQueue, start_consumer: StartConsumer
-) -> None:
-    queue = make_queue()
-    single, batches = Recorder(), BatchRecorder()
+async def run_batching(
+    broker: Broker,
+    queue: WorkQueue,
+    start_consumer: StartConsumer,
+    single: Recorder,
+    batches: BatchRecorder,
+    policy: BatchPolicy,
+    salons: list[int],
+) -> Consumer:
+    """Start a batching consumer on `queue` and publish one registration per salon, all at once."""
     consumer = await start_consumer(
         queue,
         {RegistrationRequested: single.handle},
         prefetch=32,
         batch_handlers={RegistrationRequested: batches.handle},
-        batch_policy=BatchPolicy(max_size=8, concurrency=2),
+        batch_policy=policy,
     )
-    salons = list(range(700, 760))
     await asyncio.gather(*(publish(broker, registration(s), queue.routing_keys[0]) for s in salons))
+    return consumer
+
+
+async def test_messages_waiting_together_are_applied_in_batches_and_all_acked(
+    broker: Broker, channel: AbstractChannel, make_queue: MakeQueue, start_consumer: StartConsumer
+) -> None:
+    queue = make_queue()
+    single, batches = Recorder(), BatchRecorder()
+    salons = list(range(700, 760))
+    policy = BatchPolicy(max_size=8, concurrency=2)
+    consumer = await run_batching(broker, queue, start_consumer, single, batches, policy, salons)
 
     await wait_for(probe(lambda: consumer.processed == len(salons)), timeout=10, what="every message acked")
     applied = [s for batch in batches.batches for s in batch]
@@ -69,15 +86,9 @@ async def test_a_failed_batch_falls_back_to_one_message_at_a_time(
     poison = 805
     single = Recorder(lambda call: PermanentError("bad salon") if call.salon_id == poison else None)
     batches = BatchRecorder(poison={poison})
-    consumer = await start_consumer(
-        queue,
-        {RegistrationRequested: single.handle},
-        prefetch=32,
-        batch_handlers={RegistrationRequested: batches.handle},
-        batch_policy=BatchPolicy(max_size=32, concurrency=1),
-    )
     salons = list(range(800, 812))
-    await asyncio.gather(*(publish(broker, registration(s), queue.routing_keys[0]) for s in salons))
+    policy = BatchPolicy(max_size=32, concurrency=1)
+    consumer = await run_batching(broker, queue, start_consumer, single, batches, policy, salons)
 
     [dead] = await take(channel, queue.dead)
     assert dead.message_id == str(registration_id(single, poison))
