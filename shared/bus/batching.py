@@ -15,6 +15,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shared.messages import Message
 from shared.metrics import BATCH_SIZE
@@ -22,6 +23,9 @@ from shared.metrics import BATCH_SIZE
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[Message]], Awaitable[None]]
+# Called with the submitted tokens (the consumer's deliveries) after the handler succeeded, before the
+# submitters learn it: the consumer settles the whole batch at once there.
+Settle = Callable[[Sequence[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,24 @@ class BatchPolicy:
 class MicroBatcher:
     """Collects submitted messages and hands them to `handler` in batches."""
 
-    def __init__(self, handler: BatchHandler, policy: BatchPolicy) -> None:
+    def __init__(self, handler: BatchHandler, policy: BatchPolicy, *, settle: Settle | None = None) -> None:
         if policy.max_size < 1 or policy.concurrency < 1:
             raise ValueError("batch size and concurrency must be positive")
         self._handler = handler
         self._policy = policy
-        self._pending: list[tuple[Message, asyncio.Future[bool]]] = []
+        self._settle = settle
+        self._pending: list[tuple[Message, Any, asyncio.Future[bool]]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._scheduled = False
         self.batches = 0
 
-    async def submit(self, msg: Message) -> bool:
-        """Wait until `msg` was applied in a batch (True) or its batch failed (False: apply it alone)."""
+    async def submit(self, msg: Message, token: Any = None) -> bool:
+        """Wait until `msg` was applied in a batch (True) or its batch failed (False: apply it alone).
+
+        `token` is handed to `settle` with the rest of the batch when it was applied.
+        """
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((msg, done))
+        self._pending.append((msg, token, done))
         self._schedule()
         return await done
 
@@ -73,10 +81,10 @@ class MicroBatcher:
         self._running.discard(task)
         self._schedule()
 
-    async def _run(self, batch: list[tuple[Message, asyncio.Future[bool]]]) -> None:
+    async def _run(self, batch: list[tuple[Message, Any, asyncio.Future[bool]]]) -> None:
         ok = False
         try:
-            await self._handler([msg for msg, _ in batch])
+            await self._handler([msg for msg, _, _ in batch])
             ok = True
             self.batches += 1
             BATCH_SIZE.labels(batch[0][0].type).observe(len(batch))
@@ -84,7 +92,13 @@ class MicroBatcher:
             log.info(
                 "batch failed, applying its messages one by one", extra={"size": len(batch), "error": repr(exc)[:300]}
             )
+        try:
+            if ok and self._settle is not None:
+                await self._settle([token for _, token, _ in batch])
+        except Exception as exc:
+            # Applied but not settled (say, the channel closed): the broker redelivers, the claim absorbs it.
+            log.warning("batch applied but not settled", extra={"size": len(batch), "error": repr(exc)[:300]})
         finally:
-            for _, done in batch:
+            for _, _, done in batch:
                 if not done.done():
                     done.set_result(ok)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from pydantic import ValidationError
 
 from shared.bus import topology as t
+from shared.bus.acks import Unsettled
 from shared.bus.batching import BatchHandler, BatchPolicy, MicroBatcher
 from shared.bus.broker import Broker, now_iso
 from shared.bus.errors import PublishError, is_permanent
@@ -80,7 +81,10 @@ class Consumer:
         missing = [k.__name__ for k in (batch_handlers or {}) if k not in self.handlers]
         if missing:
             raise ValueError(f"batch handlers without a one-message handler: {', '.join(missing)}")
-        self.batchers = {k: MicroBatcher(h, policy) for k, h in (batch_handlers or {}).items()}
+        self.batchers = {
+            k: MicroBatcher(h, policy, settle=self._settle_batch) for k, h in (batch_handlers or {}).items()
+        }
+        self._unsettled = Unsettled()
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -118,6 +122,8 @@ class Consumer:
             await self._channel.close()
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
+        # Before any await: deliveries are registered in the order the broker numbered them.
+        self._unsettled.add(incoming)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -145,9 +151,11 @@ class Consumer:
         ):
             started = time.perf_counter()
             batcher = self.batchers.get(type(msg))
-            if batcher is not None and await batcher.submit(msg):
+            if batcher is not None and await batcher.submit(msg, incoming):
+                # Applied with its batch, and acked with it (`_settle_batch`).
                 HANDLER_SECONDS.labels(self.queue.name, msg.type).observe(time.perf_counter() - started)
-                await self._acked(incoming, msg, attempt)
+                MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
+                self.processed += 1
                 return
             try:
                 await handler(msg, ctx)
@@ -162,8 +170,20 @@ class Consumer:
                 HANDLER_SECONDS.labels(self.queue.name, msg.type).observe(time.perf_counter() - started)
             await self._acked(incoming, msg, attempt)
 
+    async def _settle_batch(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
+        """Ack an applied batch: one `multiple` ack when it covers exactly the batch, else one ack each."""
+        last = self._unsettled.multiple_ack_for(deliveries)
+        if last is not None:
+            await last.ack(multiple=True)
+        else:
+            for incoming in deliveries:
+                await incoming.ack()
+        for incoming in deliveries:
+            self._unsettled.settled(incoming)
+
     async def _acked(self, incoming: AbstractIncomingMessage, msg: Message, attempt: int) -> None:
         await incoming.ack()
+        self._unsettled.settled(incoming)
         MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
         self.processed += 1
         log.debug("handled", extra={"attempt": attempt})
@@ -237,5 +257,7 @@ class Consumer:
             # Give the broker a moment before the redelivery loop spins.
             await asyncio.sleep(random.uniform(0.5, 1.5))
             await incoming.nack(requeue=True)
+            self._unsettled.settled(incoming)
             return
         await incoming.ack()
+        self._unsettled.settled(incoming)
