@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway.errors import install_error_handlers
 from services.gateway.livehub import LiveHub
-from services.gateway.middleware import BodySizeLimitMiddleware, CommonHeadersMiddleware, RequestMetricsMiddleware
+from services.gateway.middleware import GatewayMiddleware
 from services.gateway.openapi import install_openapi
 from services.gateway.options import GatewayOptions
 from services.gateway.pages import STATIC_DIR, STATIC_PREFIX, make_templates
@@ -111,6 +111,8 @@ def create_app(settings: Settings, options: GatewayOptions | None = None) -> Fas
         docs_url=None if settings.is_production else "/docs",
         redoc_url=None,
         openapi_url=None if settings.is_production else "/openapi.json",
+        # No OpenTelemetry here: with it on, FastAPI asks the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.options = options
@@ -119,14 +121,12 @@ def create_app(settings: Settings, options: GatewayOptions | None = None) -> Fas
     app.state.templates = make_templates()
 
     install_error_handlers(app)
-    for module in (install, onboarding, whatsapp_api, live, health, webhooks):
+    for module in (install, webhooks, onboarding, whatsapp_api, live, health):
         app.include_router(module.router)
     app.include_router(health.probes(app))
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     install_openapi(app)
 
-    # Added last = outermost: the size limit applies before anything reads the body.
-    app.add_middleware(RequestMetricsMiddleware)
-    app.add_middleware(CommonHeadersMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    # The size limit applies before anything reads the body.
+    app.add_middleware(GatewayMiddleware, max_bytes=settings.MAX_BODY_BYTES)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -68,3 +68,8 @@ async def get_sink(
 
 
 SinkDep = Annotated[MessageSink, Depends(get_sink)]
+
+
+def sink_of(request: Request) -> MessageSink:
+    """The request's message sink, for routes that take no dependencies (see `services.gateway.direct`)."""
+    return MessageSink(request.app.state.broker, request.app.state.sessionmaker)

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
-from services.gateway.deps import SettingsDep
+from services.gateway.direct import direct_route
 from services.gateway.openapi import INSTALL_RESPONSES, install_parameters
 from services.gateway.pages import Action, error_page
-from services.gateway.publishing import SinkDep, Unavailable
+from services.gateway.publishing import Unavailable, sink_of
 from services.gateway.userdata import storable_user
 from shared.config import Settings
 from shared.logging import log_context
@@ -34,15 +34,18 @@ def _back_to_yclients(settings: Settings) -> list[Action]:
     return [Action("Вернуться в YClients", settings.YCLIENTS_UI_URL)]
 
 
-@router.get(
+@direct_route(
+    router,
     "/auth/yclients/redirect",
+    methods=["GET"],
     status_code=302,
     response_class=RedirectResponse,
     responses=INSTALL_RESPONSES,
     openapi_extra={"parameters": install_parameters()},
 )
-async def install_redirect(request: Request, settings: SettingsDep, sink: SinkDep) -> Response:
+async def install_redirect(request: Request) -> Response:
     """Verify the install redirect, publish `RegistrationRequested`, and send the admin to the onboarding page."""
+    settings: Settings = request.app.state.settings
     try:
         salon_ids = parse_salon_ids(request.query_params.multi_items())
     except InvalidSalonId as exc:
@@ -79,7 +82,7 @@ async def install_redirect(request: Request, settings: SettingsDep, sink: SinkDe
     msg = RegistrationRequested(salon_id=salon_ids[0], data=RegistrationRequestedData(salon_ids=salon_ids, user=user))
     with log_context(message_id=str(msg.id), correlation_id=msg.correlation_id, salon_id=salon_ids[0]):
         try:
-            outcome = await sink.send(msg)
+            outcome = await sink_of(request).send(msg)
         except Unavailable:
             retry_url = request.url.path + "?" + request.url.query
             page = error_page(

@@ -22,13 +22,15 @@ from sqlalchemy import delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.responses import Response
 
 from services.gateway.auth import BEARER, authorize, pick_salon
 from services.gateway.deps import SessionMakerDep, SettingsDep
+from services.gateway.direct import direct_route
 from services.gateway.errors import ApiError
 from services.gateway.ids import PageSalonId, YClientsId
 from services.gateway.openapi import Accepted, ActivationAccepted, json_body, json_errors
-from services.gateway.publishing import SinkDep
+from services.gateway.publishing import SinkDep, sink_of
 from shared.config import Settings
 from shared.db.models import ProcessedMessage
 from shared.logging import log_context
@@ -92,14 +94,17 @@ class ActivationRequest(BaseModel):
     salon_id: PageSalonId | None = None
 
 
-@router.post(
+@direct_route(
+    router,
     "/webhook/yclients",
+    methods=["POST"],
     response_model=Accepted,
     responses=json_errors(403, 413, 422, 503),
     openapi_extra=json_body(LifecycleWebhook),
 )
-async def lifecycle_webhook(request: Request, settings: SettingsDep, sink: SinkDep) -> JSONResponse:
+async def lifecycle_webhook(request: Request) -> Response:
     """Lifecycle webhook (uninstall, freeze, payment, ...): 200 once `yclients.webhook_received` is safe."""
+    settings: Settings = request.app.state.settings
     raw = await _json_object(request)
     hook = _validated(LifecycleWebhook, raw)
     if not _is_ours(hook, settings):
@@ -116,7 +121,7 @@ async def lifecycle_webhook(request: Request, settings: SettingsDep, sink: SinkD
         ),
     )
     with log_context(message_id=str(msg.id), correlation_id=msg.correlation_id, salon_id=hook.salon_id):
-        outcome = await sink.send(msg)
+        outcome = await sink_of(request).send(msg)
         log.info("lifecycle webhook accepted", extra={"event": hook.event, "outcome": outcome})
     return JSONResponse({"success": True, "status": "accepted", "message_id": str(msg.id)})
 
