@@ -14,6 +14,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, DeliveryMode
 from aio_pika.exceptions import AMQPError, DeliveryError
 from aio_pika.exceptions import PublishError as PikaPublishError
+from aiormq import spec
 
 from shared.bus.errors import PublishError
 from shared.bus.topology import EXCHANGE, declare_exchange, requires_consumer
@@ -44,6 +45,22 @@ def amqp_message(msg: Message, *, headers: Mapping[str, Any] | None = None) -> a
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT,
         headers=dict(headers or {}),
+    )
+
+
+def amqp_properties(msg: Message, *, headers: Mapping[str, Any] | None = None) -> spec.Basic.Properties:
+    """The properties `amqp_message` gives an envelope, built directly: no `aio_pika.Message` per publish.
+
+    An empty header table and a zero priority are left out rather than sent: consumers read both the same.
+    """
+    return spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT.value,
+        headers=dict(headers) if headers else None,
+        message_id=str(msg.id),
+        correlation_id=msg.correlation_id,
+        message_type=msg.type,
+        timestamp=msg.occurred_at,
     )
 
 
@@ -114,9 +131,22 @@ class Broker:
         A message some worker must handle is published mandatory (unroutable = error); a pure notification
         (live updates for pages that may not be open) is not, so no listener is not a failure.
         """
-        await self._publish(
-            amqp_message(msg, headers=headers), msg.type, to_exchange=True, mandatory=requires_consumer(msg.type)
-        )
+        if not self.is_connected or self._channel is None or self._exchange is None:
+            raise PublishError("broker not connected")
+        # Straight to the channel under aio-pika's Exchange.publish (which only adds an aio_pika.Message to
+        # build and a few checks): the gateway publishes once per request.
+        try:
+            channel = await self._channel.get_underlay_channel()
+            await channel.basic_publish(
+                encode(msg),
+                exchange=EXCHANGE,
+                routing_key=msg.type,
+                properties=amqp_properties(msg, headers=headers),
+                mandatory=requires_consumer(msg.type),
+                timeout=self.publish_timeout_s,
+            )
+        except _PUBLISH_FAILURES as exc:
+            raise PublishError(f"publish of {msg.type} not confirmed: {exc!r}") from exc
 
     async def publish_many(self, msgs: list[Message]) -> None:
         """Publish several messages pipelined on one channel, each awaiting its own confirm."""
