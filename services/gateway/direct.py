@@ -14,12 +14,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.routing import request_response
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class DirectRoute(APIRoute):
     """An `APIRoute` whose endpoint is its own request handler."""
+
+    def __init__(self, path: str, endpoint: Endpoint, **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        if self.max_body_size is None:
+            # Starlette's adapter: the endpoint inside the app's exception handling, without the two
+            # AsyncExitStacks FastAPI's keeps per request for dependencies with `yield` (there are none here).
+            self.app = request_response(endpoint)
 
     def get_route_handler(self) -> Endpoint:
         """The endpoint itself (FastAPI's handler would solve dependencies and validate a response model)."""

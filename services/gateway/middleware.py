@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.metrics import HTTP_REQUESTS
+from shared.metrics import HTTP_REQUESTS, labelled
 
 # Headers every answer carries unless the route set them: no Referer leaks of the onboarding token, no MIME
 # sniffing.
@@ -35,28 +34,8 @@ def add_common_headers(message: Message) -> None:
     message["headers"] = headers
 
 
-class _RequestCounts:
-    """`HTTP_REQUESTS` children by (route, status), so an answer costs one `inc` and no label lookup."""
-
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
-        self.children: dict[tuple[str, int], Counter] = {}
-
-    def inc(self, route: str, status: int) -> None:
-        """Count one answer."""
-        child = self.children.get((route, status))
-        if child is None:
-            child = self.children.setdefault((route, status), self.counter.labels(route, str(status)))
-        child.inc()
-
-
-REQUEST_COUNTS = _RequestCounts(HTTP_REQUESTS)
-
-
 class GatewayMiddleware:
-    """413 for a body over `max_bytes` (by Content-Length up front, and by counting the bytes received);
-    the common headers on every answer; answers counted by route template (never by raw path, which would
-    carry ids and tokens)."""
+    """413 for a body over `max_bytes`, the common headers on every answer, answers counted by route template."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -68,6 +47,7 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         max_bytes = self.max_bytes
+        # By Content-Length up front, then by counting the bytes actually received.
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
                 await self._reject(send)
@@ -95,8 +75,9 @@ class GatewayMiddleware:
             try:
                 await self.app(scope, limited_receive, tracking_send)
             finally:
+                # By route template, never by raw path (which would carry ids and tokens).
                 route = scope.get("route")
-                REQUEST_COUNTS.inc(getattr(route, "path", None) or "unmatched", status or 500)
+                labelled(HTTP_REQUESTS, getattr(route, "path", None) or "unmatched", str(status or 500)).inc()
         except BodyTooLarge:
             if status:
                 raise

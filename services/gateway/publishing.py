@@ -15,7 +15,7 @@ from shared.bus.errors import PublishError
 from shared.bus.outbox import notify_outbox
 from shared.db.models import OutboxMessage
 from shared.messages import Message, encode
-from shared.metrics import PUBLISHED
+from shared.metrics import PUBLISHED, labelled
 
 log = logging.getLogger(__name__)
 PRODUCER = "gateway"
@@ -47,7 +47,7 @@ class MessageSink:
         """Return once the message is safe (confirmed by the broker or committed to the outbox)."""
         try:
             await self.broker.publish(msg)
-            PUBLISHED.labels(msg.type).inc()
+            labelled(PUBLISHED, msg.type).inc()
             return "published"
         except PublishError as exc:
             log.warning("broker did not confirm; storing in outbox", extra={"error": str(exc)})

@@ -49,10 +49,8 @@ def amqp_message(msg: Message, *, headers: Mapping[str, Any] | None = None) -> a
 
 
 def amqp_properties(msg: Message, *, headers: Mapping[str, Any] | None = None) -> spec.Basic.Properties:
-    """The properties `amqp_message` gives an envelope, built directly: no `aio_pika.Message` per publish.
-
-    An empty header table and a zero priority are left out rather than sent: consumers read both the same.
-    """
+    """The properties `amqp_message` gives an envelope, built directly: no `aio_pika.Message` per publish."""
+    # An empty header table and a zero priority are left out rather than sent: consumers read both the same.
     return spec.Basic.Properties(
         content_type="application/json",
         delivery_mode=DeliveryMode.PERSISTENT.value,

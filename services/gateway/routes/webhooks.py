@@ -56,6 +56,7 @@ DATA_DEDUP_KEEP = timedelta(hours=1)
 DATA_DEDUP_PRUNE_PROBABILITY = 0.01
 _DATA_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c8e-9a3f-2d4b6e8f0a1c")
 
+JSON = "application/json"
 FORBIDDEN_MESSAGE = "Webhook отклонён: неверный partner_token или application_id."
 # Webhook bodies are a few levels deep; far deeper nesting is an attack on the parsers and serialisers after us.
 MAX_JSON_DEPTH = 32
@@ -120,10 +121,12 @@ async def lifecycle_webhook(request: Request) -> Response:
             salon_id=hook.salon_id, application_id=hook.application_id, event=hook.event, body=body
         ),
     )
-    with log_context(message_id=str(msg.id), correlation_id=msg.correlation_id, salon_id=hook.salon_id):
+    message_id = str(msg.id)
+    with log_context(message_id=message_id, correlation_id=msg.correlation_id, salon_id=hook.salon_id):
         outcome = await sink_of(request).send(msg)
         log.info("lifecycle webhook accepted", extra={"event": hook.event, "outcome": outcome})
-    return JSONResponse({"success": True, "status": "accepted", "message_id": str(msg.id)})
+    # What JSONResponse would render for {"success": true, "status": "accepted", "message_id": ...}.
+    return Response(b'{"success":true,"status":"accepted","message_id":"%s"}' % message_id.encode(), media_type=JSON)
 
 
 @router.post(
@@ -246,15 +249,21 @@ async def _json_object(request: Request, *, allow_empty: bool = False) -> dict[s
             return {}
         raise ApiError(422, "invalid_json", "Пустое тело запроса: ожидается JSON-объект.")
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        # What json.loads does with bytes, keeping the text for the cheap checks below.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        value = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, "invalid_json", "Тело запроса — некорректный JSON.") from None
     except RecursionError:
         raise ApiError(422, "invalid_json", TOO_DEEP_MESSAGE) from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_json", "Ожидается JSON-объект в теле запроса.")
-    if nesting_exceeds(value, MAX_JSON_DEPTH):
+    # The nesting is at most the number of opening brackets in the text; only then is it walked.
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and nesting_exceeds(value, MAX_JSON_DEPTH):
         raise ApiError(422, "invalid_json", TOO_DEEP_MESSAGE)
+    # Strict JSON has no raw control characters: a decoded NUL can only come from the escape \u0000.
+    if "\\u0000" not in text:
+        return value
     cleaned: dict[str, Any] = without_nul(value)
     return cleaned
 
@@ -277,6 +286,9 @@ def without_nul(value: Any) -> Any:
 def _no_constant(name: str) -> Any:
     # NaN and Infinity are not JSON: Python accepts them, PostgreSQL's jsonb and other consumers do not.
     raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def nesting_exceeds(value: Any, limit: int) -> bool:
