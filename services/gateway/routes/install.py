@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
@@ -28,6 +27,8 @@ from shared.tokens import (
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["install"])
+ONBOARDING_PATH = "/marketplace/onboarding?token="
+_REDIRECT_HEADERS = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
 
 
 def _back_to_yclients(settings: Settings) -> list[Action]:
@@ -100,8 +101,5 @@ async def install_redirect(request: Request) -> Response:
     token = issue_onboarding_token(
         salon_ids, secret=settings.JWT_SECRET, ttl_s=settings.JWT_TTL_S, user_id=user.id if user else None
     )
-    return RedirectResponse(
-        "/marketplace/onboarding?" + urlencode({"token": token}),
-        status_code=302,
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
-    )
+    # A JWT is base64url segments and dots: nothing in it needs escaping in a query string.
+    return Response(status_code=302, headers={"location": ONBOARDING_PATH + token, **_REDIRECT_HEADERS})
