@@ -57,17 +57,17 @@ class Settings(BaseSettings):
     # Such a queue's prefetch also covers one more full batch filling while these are applied.
     BATCH_MAX_SIZE: int = Field(default=32, ge=1)
     BATCH_CONCURRENCY: int = Field(default=1, ge=1)
-
-    @property
-    def batch_prefetch(self) -> int:
-        """Prefetch of a queue whose messages are applied in micro-batches."""
-        return max(self.PREFETCH, self.BATCH_MAX_SIZE * (self.BATCH_CONCURRENCY + 1))
     PUBLISH_TIMEOUT_S: float = 5.0
     RETRY_DELAYS_MS: list[int] = Field(default_factory=lambda: [1_000, 5_000, 30_000, 120_000, 600_000])
     OUTBOX_RELAY_INTERVAL_S: float = 2.0
 
     # Body size limit for every POST the gateway accepts.
     MAX_BODY_BYTES: int = 64 * 1024
+
+    @property
+    def batch_prefetch(self) -> int:
+        """Prefetch of a queue whose messages are applied in micro-batches."""
+        return max(self.PREFETCH, self.BATCH_MAX_SIZE * (self.BATCH_CONCURRENCY + 1))
 
     @property
     def is_production(self) -> bool:

@@ -326,6 +326,14 @@ class SessionRunner:
 
     async def _pair(self, mode: str, phone: str | None, *, applied_seq: int | None = None) -> None:
         gen = self._new_gen()
+        # The attempt being replaced may link its device while it stops: a phone that scanned its QR a moment
+        # ago is confirmed by that flow (shielded), which stores the credentials. Stop it first and connect with
+        # them rather than start a new attempt the phone will never scan (the link would sit unused).
+        await self._engine_pause()
+        if await self.d.auth.exists(self.session_id):
+            log.info("the replaced attempt linked the device; connecting instead of pairing again")
+            await self._connect(applied_seq=applied_seq)
+            return
         attempt_id = uuid.uuid4().hex
         await sessions.begin_pairing(
             self.d.uow(),

@@ -136,11 +136,12 @@ def in_process_worker(
     policy: ConnectionPolicy = FAST_POLICY,
     worker_id: str | None = None,
     lease_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    auth: PostgresAuthStore | None = None,
 ) -> InProcessWorker:
     """A worker wired like ``services.whatsapp.__main__`` but publishing into a recorder."""
     wid = worker_id or f"test:{uuid.uuid4().hex[:8]}"
     io_slots = asyncio.Semaphore(IO_SLOTS)
-    auth = PostgresAuthStore(sessionmaker, slots=io_slots)
+    auth = auth or PostgresAuthStore(sessionmaker, slots=io_slots)
     server = PostgresEmulatorServer(sessionmaker, slots=io_slots)
     engine = EmulatorEngine(server, auth, timings, owner=wid)
     recorder = Recorder(sessionmaker)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.whatsapp.auth_store import PostgresAuthStore
 from services.whatsapp.emulator.server import PostgresEmulatorServer
 from services.whatsapp.policy import Backoff, ConnectionPolicy
 from shared.config import Settings
@@ -126,6 +127,58 @@ async def test_qr_pairing_end_to_end_in_one_worker(
     # The 515 restart after the scan is success: no disconnected event, one connected event.
     assert not worker.recorder.of(WhatsAppDisconnected, sid)
     await asyncio.sleep(0.3)
+    assert len(worker.recorder.of(WhatsAppConnected, sid)) == 1
+
+
+class HeldAnswerAuth(PostgresAuthStore):
+    """Credentials as stored, except that one armed `exists` answers what was true when it was asked, later."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        super().__init__(sessionmaker)
+        self.hold: asyncio.Event | None = None
+        self.asked = asyncio.Event()
+
+    async def exists(self, session_id: str) -> bool:
+        answer = await super().exists(session_id)
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            self.asked.set()
+            await hold.wait()
+        return answer
+
+
+async def test_a_phone_scanning_the_attempt_being_replaced_ends_connected(
+    make_worker: Callable[..., InProcessWorker],
+    server: PostgresEmulatorServer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # Found by `python -m chaos --real-broker-stop`: a second pairing request was being applied (the runner had
+    # seen no credentials and chose a new attempt) while the phone scanned the first attempt's QR; the first
+    # flow linked the device and the new attempt waited for a scan that never came.
+    auth = HeldAnswerAuth(sessionmaker)
+    worker = make_worker(auth=auth)
+    worker.start()
+    await worker.ready()
+    salon_id, sid = new_session()
+    await worker.command(pairing(sid, salon_id))
+
+    async def first_qr() -> list[QrIssued]:
+        return worker.recorder.of(QrIssued, sid)
+
+    [qr] = await wait_for(first_qr, timeout=5, what="the first QR")
+    release = asyncio.Event()
+    auth.hold = release
+    await worker.command(pairing(sid, salon_id))
+    await asyncio.wait_for(auth.asked.wait(), timeout=5)
+    # The runner has its answer (no credentials yet); now the phone scans the QR still on the screen.
+    assert await server.scan(sid, qr.data.payload, "79990000001")
+    release.set()
+
+    async def connected() -> bool:
+        row = await session_row(sessionmaker, sid)
+        return row is not None and row.state == "connected"
+
+    await wait_for(connected, timeout=5, what="connected with the device the phone linked")
     assert len(worker.recorder.of(WhatsAppConnected, sid)) == 1
 
 
