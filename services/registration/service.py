@@ -69,6 +69,8 @@ async def register_batch(cmds: Sequence[RegistrationRequested], *, uow: UnitOfWo
                     applied.append(salon_id)
             await record_events(uow.session, audit)
         await uow.commit()
+        if applied:
+            log.info("salons registered", extra={"salon_ids": applied, "installs": len(fresh)})
         return applied
 
 
