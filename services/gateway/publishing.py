@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.gateway.deps import get_broker, get_sessionmaker
 from shared.bus.broker import Broker
 from shared.bus.errors import PublishError
 from shared.bus.outbox import notify_outbox
@@ -59,12 +58,9 @@ class MessageSink:
             raise Unavailable("broker and database unavailable") from exc
 
 
-async def get_sink(
-    broker: Annotated[Broker, Depends(get_broker)],
-    sessionmaker: Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)],
-) -> MessageSink:
+async def get_sink(request: Request) -> MessageSink:
     """The request's message sink."""
-    return MessageSink(broker, sessionmaker)
+    return sink_of(request)
 
 
 SinkDep = Annotated[MessageSink, Depends(get_sink)]

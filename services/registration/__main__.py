@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from services.registration.service import (
     enrich_company,
     register_batch,
-    register_salons,
     request_missing_enrichment,
 )
 from shared.bus.consumer import Delivery
@@ -28,17 +27,16 @@ async def setup(ctx: WorkerContext) -> WorkerParts:
     """Wire the service functions to the registration queue."""
     yclients = ctx.yclients()
 
-    async def on_registration(msg: Message, _: Delivery) -> None:
-        assert isinstance(msg, RegistrationRequested)
-        uow = ctx.uow()
-        await register_salons(msg, uow=uow)
-        await ctx.publish_committed(uow)
-
     async def on_registrations(msgs: Sequence[Message]) -> None:
         cmds = [m for m in msgs if isinstance(m, RegistrationRequested)]
+        assert len(cmds) == len(msgs)
         uow = ctx.uow()
         await register_batch(cmds, uow=uow)
         await ctx.publish_committed(uow)
+
+    async def on_registration(msg: Message, _: Delivery) -> None:
+        # One message alone (a lone arrival's fallback, a retry) is a batch of one: one code path.
+        await on_registrations([msg])
 
     async def on_enrichment(msg: Message, _: Delivery) -> None:
         assert isinstance(msg, EnrichmentRequested | RegistrationCompleted)

@@ -154,8 +154,7 @@ class Consumer:
             if batcher is not None and await batcher.submit(msg, incoming):
                 # Applied with its batch, and acked with it (`_settle_batch`).
                 HANDLER_SECONDS.labels(self.queue.name, msg.type).observe(time.perf_counter() - started)
-                MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
-                self.processed += 1
+                self._count_ok(msg, attempt)
                 return
             try:
                 await handler(msg, ctx)
@@ -184,6 +183,9 @@ class Consumer:
     async def _acked(self, incoming: AbstractIncomingMessage, msg: Message, attempt: int) -> None:
         await incoming.ack()
         self._unsettled.settled(incoming)
+        self._count_ok(msg, attempt)
+
+    def _count_ok(self, msg: Message, attempt: int) -> None:
         MESSAGES.labels(self.queue.name, msg.type, "ok").inc()
         self.processed += 1
         log.debug("handled", extra={"attempt": attempt})
